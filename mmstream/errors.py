@@ -1,0 +1,55 @@
+"""Errors and the bad-sample policy.
+
+Every problem with one record is a :class:`SampleError` carrying a short ``reason``
+(the counter name) plus the key and path. The dataset catches it, counts it and
+moves on, or re-raises it when the config says ``strict: true``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class MmstreamError(Exception):
+    """Base class for errors mmstream raises on purpose."""
+
+
+class ConfigError(MmstreamError):
+    """The config is invalid; raised at start-up, never inside a worker."""
+
+
+class SampleError(MmstreamError):
+    """One record cannot be used. ``reason`` is the drop counter's name."""
+
+    def __init__(self, reason: str, message: str = "", *, key: Optional[str] = None,
+                 path: Optional[str] = None):
+        self.reason = reason
+        self.message = message
+        self.key = key
+        self.path = path
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        parts = [self.reason]
+        if self.key:
+            parts.append(f"key={self.key}")
+        if self.path:
+            parts.append(f"path={self.path}")
+        text = " ".join(parts)
+        return f"{text}: {self.message}" if self.message else text
+
+    def with_context(self, key: Optional[str] = None, path: Optional[str] = None) -> "SampleError":
+        """Fill in the key/path where the raising code did not know them."""
+        self.key = self.key or key
+        self.path = self.path or path
+        self.args = (self._text(),)
+        return self
+
+
+# Drop reasons, one name per rule (the counters in summaries and manifests).
+BAD_JSON = "bad_json"
+BAD_RECORD = "bad_record"
+MISSING_MEDIA = "missing_media"
+PATH_OUTSIDE_ROOT = "path_outside_root"
+DECODE_ERROR = "decode_error"
+NO_FRAMES = "no_frames"
+MEDIA_TAG_MISMATCH = "media_tag_mismatch"
