@@ -26,6 +26,7 @@ class SampleError(MmstreamError):
         self.message = message
         self.key = key
         self.path = path
+        self.source: Optional[str] = None  # the source name, filled in by the dataset
         super().__init__(self._text())
 
     def _text(self) -> str:

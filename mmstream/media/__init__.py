@@ -1,0 +1,161 @@
+"""Media stage: plan which frames a media item gives (metadata only), then decode them.
+
+    plan = plan_media(ref, sampling)        # probe: frame count, size, timestamps
+    clip = decode_media(plan, sampling)     # uint8 RGB [T, H, W, 3] + timestamps
+
+Planning first lets the budget stage drop a sample before paying for its decode.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..config import SamplingConfig
+from ..errors import DECODE_ERROR, NO_FRAMES, SampleError
+from ..types import Clip, MediaPlan, MediaRef
+from .backends import get_backend
+from .probe import probe_video
+from .resolve import list_frames, resolve
+from .sampling import as_fraction, cap_indices, fps_sample_indices, resize_to
+
+__all__ = ["plan_media", "decode_media", "trim_plan"]
+
+
+def _out_size(width: int, height: int, sampling: SamplingConfig) -> tuple[int, int]:
+    return resize_to(width, height, sampling.resize.short_side, sampling.resize.max_pixels)
+
+
+def plan_media(ref: MediaRef, sampling: SamplingConfig) -> MediaPlan:
+    """Decide the frames of one media item from its metadata (no pixel decoded)."""
+    if ref.kind == "pages" and ref.text is not None:
+        from .pages import plan_pages  # T2Vid raw synthetic: pages rendered from text
+
+        return plan_pages(ref)
+    found = resolve(ref, tuple(sampling.video_exts))
+    try:
+        if found.kind == "image":
+            return _plan_image(found.path, sampling)
+        if found.kind == "frames":
+            return _plan_folder(found.path, found.sidecar_fps, sampling, pages=ref.kind == "pages")
+        return _plan_video(found.path, sampling)
+    except SampleError as exc:
+        raise exc.with_context(path=found.path)
+
+
+def _plan_image(path: str, sampling: SamplingConfig) -> MediaPlan:
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            width, height = im.size
+    except (OSError, ValueError) as exc:
+        raise SampleError(DECODE_ERROR, f"cannot read image: {exc}", path=path) from None
+    w, h = _out_size(width, height, sampling)
+    return MediaPlan("image", path, w, h, [0], [0.0], None, {"source_size": (width, height)})
+
+
+def _select(pts: list[int], time_base: Fraction, last: Optional[int], sampling: SamplingConfig,
+            cap: bool = True) -> tuple[list[int], Optional[float]]:
+    if sampling.fps is None:
+        indices = list(range(len(pts)))
+    else:
+        indices = fps_sample_indices(pts, time_base, sampling.fps, last)
+    if cap:
+        indices = cap_indices(indices, sampling.max_frames, sampling.strategy)
+    return indices, (float(sampling.fps) if sampling.fps is not None else None)
+
+
+def _plan_video(path: str, sampling: SamplingConfig) -> MediaPlan:
+    info = probe_video(path)
+    indices, fps = _select(info.pts, info.time_base, info.last_duration, sampling)
+    w, h = _out_size(info.width, info.height, sampling)
+    return MediaPlan("video", path, w, h, indices, [info.seconds(i) for i in indices], fps,
+                     {"probe": info, "source_size": (info.width, info.height)})
+
+
+def _plan_folder(folder: str, sidecar_fps: Optional[str], sampling: SamplingConfig,
+                 pages: bool = False) -> MediaPlan:
+    files = list_frames(folder)
+    if not files:
+        raise SampleError(NO_FRAMES, "frame folder holds no images", path=folder)
+    try:
+        with Image.open(files[0]) as im:
+            width, height = im.size
+    except (OSError, ValueError) as exc:
+        raise SampleError(DECODE_ERROR, f"cannot read frame: {exc}", path=files[0]) from None
+    src_fps = sidecar_fps or (sampling.frame_folder_fps and str(sampling.frame_folder_fps))
+    if pages or not src_fps:
+        # Text pages, or frames already extracted at an unknown rate: take them as they are.
+        indices = list(range(len(files)))
+        if not pages:
+            indices = cap_indices(indices, sampling.max_frames, sampling.strategy)
+        rate = as_fraction(src_fps) if src_fps else None
+        stamps = [float(i / rate) if rate else float(i) for i in indices]
+        fps = float(rate) if rate else None
+    else:
+        rate = as_fraction(src_fps)
+        if rate <= 0:
+            raise SampleError(DECODE_ERROR, f"frame folder fps sidecar says {src_fps!r}", path=folder)
+        indices, fps = _select(list(range(len(files))), 1 / rate, 1, sampling)
+        stamps = [float(i / rate) for i in indices]
+    w, h = _out_size(width, height, sampling)
+    return MediaPlan("pages" if pages else "frames", folder, w, h, indices, stamps, fps,
+                     {"files": files, "source_size": (width, height)})
+
+
+def trim_plan(plan: MediaPlan, count: int) -> MediaPlan:
+    """Keep the first ``count`` frames of a plan (e.g. an even count for Qwen2-VL)."""
+    plan.indices = plan.indices[:count]
+    plan.timestamps = plan.timestamps[:count]
+    return plan
+
+
+def _load_image(path: str, size: tuple[int, int]) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode != "RGB":
+                # RGBA / LA / P with transparency: flatten onto white, as a viewer would show it
+                if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                    im = im.convert("RGBA")
+                    bg = Image.new("RGB", im.size, (255, 255, 255))
+                    bg.paste(im, mask=im.getchannel("A"))
+                    im = bg
+                else:
+                    im = im.convert("RGB")
+            if im.size != size:
+                im = im.resize(size, Image.BICUBIC)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise SampleError(DECODE_ERROR, f"cannot read image: {exc}", path=path) from None
+
+
+def decode_media(plan: MediaPlan, sampling: SamplingConfig) -> Clip:
+    """Decode exactly the planned frames."""
+    size = (plan.width, plan.height)
+    if plan.kind == "pages" and plan.path is None:
+        from .pages import render_plan
+
+        frames = render_plan(plan)
+    elif plan.kind == "image":
+        frames = _load_image(plan.path, size)[None]
+    elif plan.kind in ("frames", "pages"):
+        files = plan.info["files"]
+        loaded = {i: _load_image(files[i], size) for i in set(plan.indices)}
+        frames = np.stack([loaded[i] for i in plan.indices])
+    else:
+        info = plan.info["probe"]
+        positions = sorted(set(plan.indices))
+        backend = get_backend(sampling.decoder)
+        got = backend.read(plan.path, info, positions, size, sampling.decoder_threads, sampling.salvage)
+        if sampling.salvage and len(got) < len(positions):
+            plan.indices = [i for i in plan.indices if i in got]
+            plan.timestamps = [info.seconds(i) for i in plan.indices]
+        if not plan.indices:
+            raise SampleError(NO_FRAMES, "no decodable frame", path=plan.path)
+        frames = np.stack([got[i] for i in plan.indices])
+    return Clip(kind=plan.kind, path=plan.path, frames=frames,
+                timestamps=np.asarray(plan.timestamps, dtype=np.float64),
+                source_indices=np.asarray(plan.indices, dtype=np.int64), fps=plan.fps)

@@ -1,0 +1,98 @@
+"""Container metadata without decoding: the presentation timestamps of every frame,
+key frames, size and rotation. Enough to plan exactly which frames to decode, and
+to count tokens before paying for a decode."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Optional
+
+import av
+
+from ..errors import DECODE_ERROR, NO_FRAMES, SampleError
+
+
+@dataclass
+class VideoInfo:
+    pts: list[int]  # every frame's pts, presentation order (sorted), in time_base units
+    keyframes: list[int]  # pts of key frames, sorted
+    time_base: Fraction
+    width: int  # display size: after rotation
+    height: int
+    rotation: int  # display-matrix angle (counter-clockwise degrees: 0, 90, 180, 270)
+    last_duration: Optional[int]  # duration of the last frame in time_base units, when known
+    codec: str
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.pts)
+
+    def seconds(self, index: int) -> float:
+        return float(self.pts[index] * self.time_base)
+
+
+def apply_rotation(frame, rotation: int):
+    """Turn a decoded HxWx3 array upright the way the ffmpeg CLI's autorotate does.
+
+    ``rotation`` is PyAV's ``VideoFrame.rotation`` (the display matrix angle,
+    counter-clockwise degrees), so the array is rotated by that many quarter turns.
+    """
+    import numpy as np
+
+    quarter = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(frame, quarter)) if quarter else frame
+
+
+def probe_video(path: str) -> VideoInfo:
+    """Read every packet header of the first video stream (no decoding).
+
+    Raises :class:`SampleError` (``decode_error`` / ``no_frames``) for files that are not
+    readable video.
+    """
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                raise SampleError(NO_FRAMES, "no video stream", path=path)
+            stream = container.streams.video[0]
+            pts, keys = [], []
+            last_duration = None
+            missing_pts = False
+            rotation = None
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the flush packet at end of stream
+                    continue
+                if packet.pts is None:
+                    missing_pts = True
+                    continue
+                pts.append(packet.pts)
+                if rotation is None:  # the display matrix rides on decoded frames
+                    for frame in packet.decode():
+                        rotation = int(frame.rotation or 0) % 360
+                        break
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
+                if packet.duration:
+                    last_duration = packet.duration  # overwritten below by the max-pts packet
+            cc = stream.codec_context
+            width, height, codec = cc.width, cc.height, cc.name
+            time_base = Fraction(stream.time_base.numerator, stream.time_base.denominator)
+            rate = stream.average_rate or stream.guessed_rate
+            rotation = rotation or 0
+    except SampleError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, RuntimeError) as exc:
+        raise SampleError(DECODE_ERROR, f"cannot open video: {exc}", path=path) from None
+    if missing_pts and not pts:
+        raise SampleError(DECODE_ERROR, "packets carry no timestamps", path=path)
+    if not pts:
+        raise SampleError(NO_FRAMES, "video stream has no frames", path=path)
+    pts.sort()
+    keys.sort()
+    if len(pts) > 1:
+        last_duration = None  # the fps rule uses the gap between the last two frames
+    elif not last_duration and rate:
+        last_duration = int(round(1 / (Fraction(rate.numerator, rate.denominator) * time_base)))
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(pts=pts, keyframes=keys or [pts[0]], time_base=time_base, width=width,
+                     height=height, rotation=rotation, last_duration=last_duration, codec=codec)
