@@ -1,7 +1,10 @@
-"""decord backend. decord's own index-based seeking returns wrong frames on some
-files (REFERENCE section 8: HEVC long GOP, real footage), so this backend reads in
-presentation order from the start, skipping unneeded frames with ``skip_frames``,
-and cross-checks decord's frame count against the probe."""
+"""decord backend. decord's index-based seeking returns wrong frames on some files
+(REFERENCE section 8: HEVC long GOP, real footage), and so does ``skip_frames``:
+on a long-GOP HEVC clip, skipping 262 frames lands on frame 266 (tests/test_media.py
+catches it). Only ``next()`` was right every time, so this backend reads every frame
+in presentation order up to the last target with ``next()`` (decord converts each to
+RGB; PyAV, the default, does not), and cross-checks decord's frame count against
+the probe."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -28,13 +31,11 @@ class DecordBackend(Backend):
             if len(reader) != info.num_frames:
                 raise SampleError(DECODE_ERROR, f"decord sees {len(reader)} frames, the container "
                                   f"index {info.num_frames}: refusing to guess which is which", path=path)
-            pos = 0
-            for target in positions:
-                if target > pos:
-                    reader.skip_frames(target - pos)
-                frame = reader.next().asnumpy()
-                out[target] = frame
-                pos = target + 1
+            wanted = set(positions)
+            for pos in range(max(positions) + 1):
+                frame = reader.next()
+                if pos in wanted:
+                    out[pos] = frame.asnumpy()
             del reader
         except SampleError:
             raise

@@ -1,0 +1,33 @@
+import json
+import os
+import shutil
+
+import pytest
+
+
+def write_jsonl(path, records):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
+
+
+def text_records(n, prefix="q"):
+    """LLaVA-style records without media: the stream machinery at no decode cost."""
+    return [{"id": f"{prefix}{i}", "conversations": [{"from": "human", "value": f"{prefix} {i}?"},
+                                                     {"from": "gpt", "value": f"answer {i}"}]}
+            for i in range(n)]
+
+
+@pytest.fixture
+def text_config(tmp_path):
+    """A config over two text-only sources (13 + 8 records)."""
+    a = write_jsonl(tmp_path / "a.jsonl", text_records(13, "a"))
+    b = write_jsonl(tmp_path / "b.jsonl", text_records(8, "b"))
+    return {"sources": [{"name": "a", "format": "llava", "annotations": a},
+                        {"name": "b", "format": "llava", "annotations": b}],
+            "loader": {"seed": 3, "shuffle_buffer": 5}}
+
+
+requires_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
+                                     reason="ffmpeg CLI not installed (make test installs it)")

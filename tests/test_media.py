@@ -1,0 +1,209 @@
+"""Frame selection: the REFERENCE rules as numbers, then real decoders against ffmpeg's fps filter."""
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from conftest import requires_ffmpeg
+from mmstream.config import ResizeConfig, SamplingConfig
+from mmstream.errors import SampleError
+from mmstream.media import decode_media, plan_media
+from mmstream.media.backends.pyav import seek_plan
+from mmstream.media.probe import probe_video
+from mmstream.media.sampling import cap_indices, fps_sample_indices, resize_to, t2vid_indices, uniform_indices
+from mmstream.synth import encode_counter_video, ffmpeg_fps_indices, make_frame_folder, read_counter
+from mmstream.types import MediaRef
+
+
+# -- the rules as numbers (REFERENCE section 2) ------------------------------------------
+def test_fps_rule_reference_vectors():
+    pts25 = list(range(310))  # 25 fps, 12.4 s, time base 1/25
+    one = fps_sample_indices(pts25, Fraction(1, 25), 1)
+    assert len(one) == 12 and one[:3] == [12, 37, 62] and one[-1] == 287
+    two = fps_sample_indices(pts25, Fraction(1, 25), 2)
+    assert len(two) == 25 and two[:4] == [6, 18, 31, 43]
+    ntsc = fps_sample_indices([i * 1001 for i in range(420)], Fraction(1, 30000), 1)
+    assert ntsc[:3] == [14, 44, 74]
+    assert fps_sample_indices(list(range(15)), Fraction(1, 25), 1) == [12]  # 0.6 s clip
+
+
+def test_fps_rule_half_slots_round_up_and_short_clips_keep_one():
+    # 2.5 s at 1 fps: floor(2.5 + 0.5) = 3 frames
+    assert len(fps_sample_indices(list(range(50)), Fraction(1, 20), 1)) == 3
+    # 0.4 s: ffmpeg emits nothing; mmstream keeps the first slot's frame (documented)
+    assert fps_sample_indices(list(range(10)), Fraction(1, 25), 1) == [9]
+    assert fps_sample_indices(list(range(10)), Fraction(1, 25), 1, keep_one=False) == []
+
+
+def test_fps_rule_is_exact_at_slot_boundaries():
+    # 20 fps in a 1/1000 time base: frame 50 sits exactly on 2.5 s, the threshold of slot 2.
+    # "Earlier than" is strict, so slot 2 takes frame 49 (2.45 s); float drift would flip it.
+    pts = [i * 50 for i in range(80)]
+    out = fps_sample_indices(pts, Fraction(1, 1000), 1)
+    assert out[2] == 49
+    assert fps_sample_indices(pts, Fraction(1, 1000), "1.0") == out
+
+
+def test_fps_rule_repeats_frames_when_the_source_is_slower():
+    # 2 fps source sampled at 5 fps: slots with no new frame repeat the previous one
+    out = fps_sample_indices([0, 1, 2, 3], Fraction(1, 2), 5)
+    assert len(out) == 10 and out == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+
+
+def test_t2vid_reference_vectors():
+    got = t2vid_indices(100, 24)
+    assert got[:3] == [2, 6, 10] and got[-2:] == [93, 97] and len(got) == 24
+    assert t2vid_indices(25, 24) == list(range(24))
+    assert t2vid_indices(24, 24) == list(range(24))
+    assert t2vid_indices(5, 24) == list(range(5))
+
+
+def test_caps():
+    idx = list(range(100, 200))
+    assert cap_indices(idx, 24, "t2vid") == [100 + i for i in t2vid_indices(100, 24)]
+    assert cap_indices(idx, 24, "none") == idx
+    assert cap_indices(idx, None, "t2vid") == idx
+    u = uniform_indices(100, 5)
+    assert u == [0, 25, 50, 74, 99] or u == [0, 25, 50, 74, 99]
+    assert uniform_indices(3, 5) == [0, 1, 2]
+
+
+def test_resize_to():
+    assert resize_to(1280, 720, short_side=448) == (796, 448)
+    assert resize_to(1280, 720, max_pixels=640 * 360) == (640, 360)
+    assert resize_to(320, 240, max_pixels=10**6) == (320, 240)  # the bound never upscales
+
+
+# -- real decoders against the real ffmpeg -----------------------------------------------
+CLIPS = {
+    "h264_bframes_25fps": dict(num_frames=310, fps="25", codec="libx264", bframes=3, gop=50),
+    "h264_29.97fps": dict(num_frames=420, fps="30000/1001", codec="libx264", bframes=2),
+    "h264_offset_start": dict(num_frames=140, fps="25", codec="libx264", bframes=2, start_pts_seconds="1.5"),
+    "hevc_long_gop": dict(num_frames=310, fps="25", codec="libx265", gop=250),
+}
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    out = {}
+    for name, kw in CLIPS.items():
+        out[name] = encode_counter_video(root / f"{name}.mp4", size=(160, 120), **kw)
+    return out
+
+
+def sample(path, decoder, fps, max_frames=None, strategy="none", **kw):
+    s = SamplingConfig(fps=fps, max_frames=max_frames, strategy=strategy, decoder=decoder, **kw)
+    plan = plan_media(MediaRef("video", str(path), root="/"), s)
+    return plan, decode_media(plan, s)
+
+
+@requires_ffmpeg
+@pytest.mark.parametrize("name", list(CLIPS))
+@pytest.mark.parametrize("fps", [1.0, 2.0])
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_frames_equal_ffmpeg_fps_filter(clips, name, fps, decoder):
+    expected = ffmpeg_fps_indices(clips[name], fps)
+    plan, clip = sample(clips[name], decoder, fps)
+    got = [read_counter(f) for f in clip.frames]
+    assert got == expected
+    assert clip.frames.dtype == np.uint8 and clip.frames.shape[1:] == (120, 160, 3)
+    assert len(clip.timestamps) == len(got)
+
+
+def test_offset_start_timestamps_are_source_times(clips):
+    plan, clip = sample(clips["h264_offset_start"], "pyav", 1.0)
+    assert clip.timestamps[0] == pytest.approx(1.5 + 12 / 25)
+    assert [read_counter(f) for f in clip.frames][:2] == [12, 37]
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+def test_capped_sampling_and_resize(clips, decoder):
+    plan, clip = sample(clips["h264_bframes_25fps"], decoder, 2.0, max_frames=8, strategy="t2vid",
+                        resize=ResizeConfig(short_side=60))
+    sampled = fps_sample_indices(list(range(310)), Fraction(1, 25), 2)
+    assert [read_counter(f) for f in clip.frames] == [sampled[i] for i in t2vid_indices(25, 8)]
+    assert clip.frames.shape[1:3] == (60, 80)
+
+
+def test_both_decoders_return_the_same_frames(clips):
+    for name in CLIPS:
+        _, a = sample(clips[name], "pyav", 1.0, max_frames=5, strategy="uniform")
+        _, b = sample(clips[name], "decord", 1.0, max_frames=5, strategy="uniform")
+        assert [read_counter(f) for f in a.frames] == [read_counter(f) for f in b.frames]
+        assert np.abs(a.frames.astype(int) - b.frames.astype(int)).mean() < 3
+
+
+def test_seek_plan_matches_sequential_plan(clips):
+    """Sparse and dense targets, short and long GOP, B-frames: seeking returns the same frames."""
+    for name in ("h264_bframes_25fps", "hevc_long_gop", "h264_29.97fps"):
+        info = probe_video(clips[name])
+        for targets in ([3, 120, 121, 299], list(range(0, info.num_frames, 7)), [info.num_frames - 1]):
+            targets = [t for t in targets if t < info.num_frames]
+            from mmstream.media.backends.pyav import PyAVBackend
+
+            got = PyAVBackend().read(clips[name], info, targets, (160, 120))
+            assert [read_counter(got[t]) for t in targets] == targets
+    info = probe_video(clips["h264_bframes_25fps"])  # gop 50
+    runs = seek_plan(info, [3, 120, 121, 299])
+    assert [r for _, r in runs] == [[3], [120, 121], [299]] and [s for s, _ in runs] == [False, True, True]
+
+
+@requires_ffmpeg
+def test_frame_folder_with_fps_sidecar(tmp_path):
+    folder = make_frame_folder(tmp_path / "vid", num_frames=310, fps="25", size=(96, 64))
+    s = SamplingConfig(fps=1.0, max_frames=None, strategy="none")
+    plan = plan_media(MediaRef("video", "vid.mp4", root=str(tmp_path)), s)  # the folder stands in for vid.mp4
+    clip = decode_media(plan, s)
+    assert plan.kind == "frames"
+    assert [read_counter(f) for f in clip.frames] == fps_sample_indices(list(range(310)), Fraction(1, 25), 1)
+    assert clip.timestamps[0] == pytest.approx(12 / 25)
+
+
+def test_frame_folder_without_sidecar_is_taken_as_sampled(tmp_path):
+    make_frame_folder(tmp_path / "f", num_frames=30, size=(64, 48))
+    s = SamplingConfig(fps=1.0, max_frames=24, strategy="t2vid")
+    clip = decode_media(plan := plan_media(MediaRef("frames", "f", root=str(tmp_path)), s), s)
+    assert [read_counter(f) for f in clip.frames] == t2vid_indices(30, 24)
+    assert plan.num_frames == 24
+
+
+def test_rotated_video_comes_out_upright(tmp_path):
+    path = encode_counter_video(tmp_path / "rot.mp4", num_frames=30, size=(160, 96), rotate=90)
+    for decoder in ("pyav", "decord"):
+        plan, clip = sample(path, decoder, 1.0)
+        assert clip.frames.shape[1:3] == (160, 96)  # portrait, as the ffmpeg CLI shows it
+        assert [read_counter(f) for f in clip.frames] == [12]
+
+
+def test_image_passes_through_and_rgba_is_flattened(tmp_path):
+    from PIL import Image
+
+    Image.new("RGBA", (40, 30), (255, 0, 0, 255)).save(tmp_path / "x.png")
+    s = SamplingConfig()
+    clip = decode_media(plan_media(MediaRef("image", "x.png", root=str(tmp_path)), s), s)
+    assert clip.frames.shape == (1, 30, 40, 3) and tuple(clip.frames[0, 0, 0]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated"])
+def test_bad_video_files_raise_sample_errors(tmp_path, clips, kind):
+    path = tmp_path / "bad.mp4"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n")
+    else:
+        data = open(clips["h264_bframes_25fps"], "rb").read()
+        path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SampleError) as err:
+        sample(path, "pyav", 1.0)
+    assert err.value.reason in ("decode_error", "no_frames") and str(path) in str(err.value)
+
+
+def test_missing_and_outside_root(tmp_path):
+    with pytest.raises(SampleError) as err:
+        plan_media(MediaRef("video", "nope", root=str(tmp_path)), SamplingConfig())
+    assert err.value.reason == "missing_media"
+    with pytest.raises(SampleError) as err:
+        plan_media(MediaRef("video", "../x.mp4", root=str(tmp_path)), SamplingConfig())
+    assert err.value.reason == "path_outside_root"
