@@ -28,6 +28,18 @@ class ResizeConfig:
 
 
 @dataclass
+class PagesConfig:
+    """T2Vid text pages rendered on the fly (REFERENCE section 5)."""
+
+    font: str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # Debian fonts-dejavu-core (make setup installs it)
+    font_size: int = 20
+    size: int = 448  # square page, pixels
+    margin: int = 20  # left margin, pixels
+    wrap_width: int = 408  # greedy word wrap width, pixels
+    words_per_page: int = 115
+
+
+@dataclass
 class SamplingConfig:
     fps: Optional[float] = 1.0  # ffmpeg fps-filter rate; null keeps every decoded frame
     max_frames: Optional[int] = 24  # cap after fps sampling; null: no cap
@@ -38,6 +50,7 @@ class SamplingConfig:
     frame_folder_fps: Optional[float] = None  # rate of frame folders with no sidecar; null: frames are already sampled
     salvage: bool = False  # keep the decodable prefix of a damaged video (like the ffmpeg CLI)
     video_exts: list[str] = field(default_factory=lambda: ["mp4", "mkv", "webm", "avi", "mov"])
+    pages: PagesConfig = field(default_factory=PagesConfig)
 
 
 @dataclass
@@ -123,7 +136,7 @@ def _build(cls, data: Any, where: str):
         raise ConfigError(f"{where}: {exc}") from None
 
 
-_SUBSECTIONS = {(SamplingConfig, "resize"): ResizeConfig}
+_SUBSECTIONS = {(SamplingConfig, "resize"): ResizeConfig, (SamplingConfig, "pages"): PagesConfig}
 
 
 def _merge(base: dict, override: Optional[dict]) -> dict:

@@ -33,7 +33,7 @@ def plan_media(ref: MediaRef, sampling: SamplingConfig) -> MediaPlan:
     if ref.kind == "pages" and ref.text is not None:
         from .pages import plan_pages  # T2Vid raw synthetic: pages rendered from text
 
-        return plan_pages(ref)
+        return plan_pages(ref.text, sampling.pages)
     found = resolve(ref, tuple(sampling.video_exts))
     try:
         if found.kind == "image":
@@ -138,7 +138,7 @@ def decode_media(plan: MediaPlan, sampling: SamplingConfig) -> Clip:
     if plan.kind == "pages" and plan.path is None:
         from .pages import render_plan
 
-        frames = render_plan(plan)
+        frames = render_plan(plan, sampling.pages)
     elif plan.kind == "image":
         frames = _load_image(plan.path, size)[None]
     elif plan.kind in ("frames", "pages"):
