@@ -1,0 +1,34 @@
+# mmstream: `make demo` runs the main job on bundled data, `make test` runs the tests.
+# Both set everything up first on a fresh machine (Debian packages, a venv, the CPU torch).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEMO_DIR ?= build/demo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-deps demo test bench clean
+
+system-deps:  ## ffmpeg (ground truth for tests, benchmarks) and the DejaVu font (T2Vid text pages)
+	@if ! command -v ffmpeg >/dev/null 2>&1 || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg fonts-dejavu-core >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0   # the CPU build; a looser pin pulls a multi-GB CUDA build
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+setup: system-deps $(VENV)/.installed
+
+demo: setup  ## build the demo data, then stream + convert + filter + cache it and print a summary
+	$(PY) -m mmstream.demo $(DEMO_DIR)
+	$(VENV)/bin/mmstream inspect $(DEMO_DIR)/demo.yaml --workers 2
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf build demo_out .pytest_cache
