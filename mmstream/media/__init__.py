@@ -127,7 +127,7 @@ def _load_image(path: str, size: tuple[int, int]) -> np.ndarray:
                     im = im.convert("RGB")
             if im.size != size:
                 im = im.resize(size, Image.BICUBIC)
-            return np.asarray(im, dtype=np.uint8)
+            return np.array(im, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)
     except (OSError, ValueError) as exc:
         raise SampleError(DECODE_ERROR, f"cannot read image: {exc}", path=path) from None
 

@@ -68,7 +68,7 @@ def render_page(text: str, cfg: PagesConfig = PagesConfig()) -> np.ndarray:
     draw = ImageDraw.Draw(page)
     for i, line in enumerate(lines):
         draw.text((cfg.margin, top + i * line_height), line, fill=TEXT_COLOR, font=font)
-    return np.asarray(page, dtype=np.uint8)
+    return np.array(page, dtype=np.uint8)
 
 
 def plan_pages(text: str, cfg: PagesConfig) -> MediaPlan:
