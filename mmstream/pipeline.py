@@ -10,7 +10,7 @@ from typing import Optional
 
 from .config import Config, FilterConfig
 from .errors import SampleError
-from .media import decode_media, plan_media, trim_plan
+from .media import decode_media, fit_plan, plan_media
 from .types import Record, Sample
 
 
@@ -38,15 +38,14 @@ class Pipeline:
             plans = []
             for ref in record.media:
                 plan = plan_media(ref, src.sampling)
-                if self.model is not None and plan.kind in ("video", "frames"):
-                    trim_plan(plan, self.model.frame_count_rule(plan.num_frames))
+                if self.model is not None and plan.kind != "image":
+                    fit_plan(plan, self.model.frame_count_rule(plan.num_frames))
                 plans.append(plan)
-            if budget is not None:
-                budget.check_plans(record, plans)
+            tokens = budget.check_plans(record, plans) if budget is not None else None
             clips = [decode_media(plan, src.sampling) for plan in plans]
             sample = Sample(key=record.key, source=record.source, record=record, clips=clips)
             if budget is not None:
-                sample = budget.finalize(sample, plans)
+                sample = budget.finalize(sample, plans, tokens)
             return sample
         except SampleError as exc:
             raise exc.with_context(key=record.key)

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps
 
+from .. import timing
 from ..config import SamplingConfig
 from ..errors import DECODE_ERROR, NO_FRAMES, SampleError
 from ..types import Clip, MediaPlan, MediaRef
@@ -21,7 +22,7 @@ from .probe import probe_video
 from .resolve import list_frames, resolve
 from .sampling import as_fraction, cap_indices, fps_sample_indices, resize_to
 
-__all__ = ["plan_media", "decode_media", "trim_plan"]
+__all__ = ["plan_media", "decode_media", "fit_plan"]
 
 
 def _out_size(width: int, height: int, sampling: SamplingConfig) -> tuple[int, int]:
@@ -30,6 +31,11 @@ def _out_size(width: int, height: int, sampling: SamplingConfig) -> tuple[int, i
 
 def plan_media(ref: MediaRef, sampling: SamplingConfig) -> MediaPlan:
     """Decide the frames of one media item from its metadata (no pixel decoded)."""
+    with timing.stage("probe"):
+        return _plan_media(ref, sampling)
+
+
+def _plan_media(ref: MediaRef, sampling: SamplingConfig) -> MediaPlan:
     if ref.kind == "pages" and ref.text is not None:
         from .pages import plan_pages  # T2Vid raw synthetic: pages rendered from text
 
@@ -105,10 +111,16 @@ def _plan_folder(folder: str, sidecar_fps: Optional[str], sampling: SamplingConf
                      {"files": files, "source_size": (width, height)})
 
 
-def trim_plan(plan: MediaPlan, count: int) -> MediaPlan:
-    """Keep the first ``count`` frames of a plan (e.g. an even count for Qwen2-VL)."""
-    plan.indices = plan.indices[:count]
-    plan.timestamps = plan.timestamps[:count]
+def fit_plan(plan: MediaPlan, count: int) -> MediaPlan:
+    """Keep the first ``count`` planned frames, or repeat the last one up to ``count``
+    (a model's frame-count rule, e.g. an even count per video for Qwen2-VL)."""
+    if count <= plan.num_frames:
+        plan.indices = plan.indices[:count]
+        plan.timestamps = plan.timestamps[:count]
+    elif plan.indices:
+        extra = count - plan.num_frames
+        plan.indices = plan.indices + [plan.indices[-1]] * extra
+        plan.timestamps = plan.timestamps + [plan.timestamps[-1]] * extra
     return plan
 
 
@@ -132,8 +144,26 @@ def _load_image(path: str, size: tuple[int, int]) -> np.ndarray:
         raise SampleError(DECODE_ERROR, f"cannot read image: {exc}", path=path) from None
 
 
+def _stack(got: dict[int, np.ndarray], indices: list[int]) -> np.ndarray:
+    """``[got[i] for i in indices]`` as one array, freeing each decoded frame after its last
+    use, so the clip is held once rather than twice while it is assembled."""
+    first = got[indices[0]]
+    frames = np.empty((len(indices),) + first.shape, first.dtype)
+    last_use = {i: k for k, i in enumerate(indices)}
+    for k, i in enumerate(indices):
+        frames[k] = got[i]
+        if last_use[i] == k:
+            del got[i]
+    return frames
+
+
 def decode_media(plan: MediaPlan, sampling: SamplingConfig) -> Clip:
     """Decode exactly the planned frames."""
+    with timing.stage("decode"):
+        return _decode_media(plan, sampling)
+
+
+def _decode_media(plan: MediaPlan, sampling: SamplingConfig) -> Clip:
     size = (plan.width, plan.height)
     if plan.kind == "pages" and plan.path is None:
         from .pages import render_plan
@@ -155,7 +185,8 @@ def decode_media(plan: MediaPlan, sampling: SamplingConfig) -> Clip:
             plan.timestamps = [info.seconds(i) for i in plan.indices]
         if not plan.indices:
             raise SampleError(NO_FRAMES, "no decodable frame", path=plan.path)
-        frames = np.stack([got[i] for i in plan.indices])
+        frames = _stack(got, plan.indices)
+        timing.count("video_seconds", info.duration_seconds)
     return Clip(kind=plan.kind, path=plan.path, frames=frames,
                 timestamps=np.asarray(plan.timestamps, dtype=np.float64),
                 source_indices=np.asarray(plan.indices, dtype=np.int64), fps=plan.fps)

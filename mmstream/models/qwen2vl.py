@@ -1,0 +1,203 @@
+"""Qwen2-VL / Qwen2.5-VL: Pai-Megatron-Patch's ChatML record and the Qwen token counts.
+
+    model = get_model(ModelConfig(name="qwen2-vl", options={"second_per_grid": "pai"}))
+    model.frame_count_rule(25)                        # 24: Pai drops the last odd frame
+    model.format(record, frame_counts=[24], fps=[2.0])
+    # {"conversations": [{"from": "human", "value": "<video>\\nQ"}, {"from": "gpt", "value": "A"}],
+    #  "second_per_grid_ts": [0.5]}
+
+Each frame is resized by :func:`smart_resize` (sides multiples of 28, pixel count
+within [min_pixels, max_pixels]); 14x14 patches are merged 2x2 and frames 2 by 2, so
+an image costs (h/28)*(w/28) tokens and a video of T frames ceil(T/2)*(h/28)*(w/28)
+(an odd T repeats the last frame).
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Optional, Sequence
+
+from ..errors import MEDIA_TAG_MISMATCH, ConfigError, SampleError
+from ..types import IMAGE_TAG, VIDEO_TAG, Record
+from .base import (BAD_FPS, BAD_SIZE, ODD_FRAMES, VIDEO_KINDS, MediaShape, Model, checked_turns,
+                   media_by_turn)
+
+PATCH_SIZE = 14
+MERGE_SIZE = 2  # 2x2 patches become one token
+FACTOR = PATCH_SIZE * MERGE_SIZE  # 28: output sides are multiples of this
+TEMPORAL_PATCH_SIZE = 2  # frames merged per token
+MAX_ASPECT_RATIO = 200  # smart_resize refuses more extreme images
+
+IMAGE_MIN_PIXELS = 56 * 56  # Qwen2VLImageProcessor defaults
+IMAGE_MAX_PIXELS = 28 * 28 * 1280
+VIDEO_MIN_PIXELS = 128 * 28 * 28  # Qwen2VLVideoProcessor / qwen-vl-utils defaults
+VIDEO_MAX_PIXELS = 768 * 28 * 28
+DEFAULT_FPS = 2.0  # Pai's rate for frame folders without an fps sidecar
+
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
+TAG_RE = re.compile(re.escape(IMAGE_TAG) + "|" + re.escape(VIDEO_TAG))
+
+SECOND_PER_GRID = ("pai", "hf")
+EVEN_FRAMES = ("drop_last", "repeat_last", "off")
+
+
+def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = IMAGE_MIN_PIXELS,
+                 max_pixels: int = IMAGE_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) Qwen2-VL resizes a frame to: each side rounded to a multiple of
+    ``factor`` (Python's round, halves to even); if the area is then above
+    ``max_pixels`` both sides shrink by sqrt(area/max_pixels) and round down, if below
+    ``min_pixels`` grow by sqrt(min_pixels/area) and round up (aspect kept)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"frame size must be positive, got {width}x{height}")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(f"aspect ratio of {width}x{height} is above {MAX_ASPECT_RATIO}")
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def qwen_grid_thw(num_frames: int, width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int, int]:
+    """``(t, h, w)`` in patches, as ``image_grid_thw``/``video_grid_thw`` report it
+    (one frame, an image, has t = 1)."""
+    h, w = smart_resize(height, width, FACTOR, min_pixels, max_pixels)
+    return math.ceil(num_frames / TEMPORAL_PATCH_SIZE), h // PATCH_SIZE, w // PATCH_SIZE
+
+
+def qwen_tokens(num_frames: int, width: int, height: int, min_pixels: int, max_pixels: int) -> int:
+    t, h, w = qwen_grid_thw(num_frames, width, height, min_pixels, max_pixels)
+    return t * h * w // (MERGE_SIZE * MERGE_SIZE)
+
+
+class Qwen2VL(Model):
+    names = ("qwen2-vl",)
+    output_format = "megatron"
+    OPTIONS: dict[str, Any] = {
+        "min_pixels": IMAGE_MIN_PIXELS,  # images (HF image processor default 56*56)
+        "max_pixels": IMAGE_MAX_PIXELS,  # images (28*28*1280)
+        "video_min_pixels": VIDEO_MIN_PIXELS,  # video frames (128*28*28)
+        "video_max_pixels": VIDEO_MAX_PIXELS,  # video frames (768*28*28)
+        "second_per_grid": "pai",  # pai: 1/fps (Pai-Megatron-Patch); hf: 2/fps (transformers)
+        "even_frames": "drop_last",  # drop_last (Pai) | repeat_last (qwen-vl-utils, HF) | off
+        "default_fps": DEFAULT_FPS,  # rate of a video whose plan has none (Pai's 2.0)
+    }
+
+    def check_options(self) -> None:
+        o = self.options
+        if o["second_per_grid"] not in SECOND_PER_GRID:
+            raise ConfigError(f"model.options.second_per_grid: {o['second_per_grid']!r} is not one of {SECOND_PER_GRID}")
+        if o["even_frames"] not in EVEN_FRAMES:
+            raise ConfigError(f"model.options.even_frames: {o['even_frames']!r} is not one of {EVEN_FRAMES}")
+        for lo, hi in (("min_pixels", "max_pixels"), ("video_min_pixels", "video_max_pixels")):
+            if not (isinstance(o[lo], int) and isinstance(o[hi], int) and 0 < o[lo] <= o[hi]):
+                raise ConfigError(f"model.options.{lo}/{hi}: need integers with 0 < {lo} <= {hi}")
+        if not (isinstance(o["default_fps"], (int, float)) and o["default_fps"] > 0):
+            raise ConfigError("model.options.default_fps: must be > 0")
+
+    # -- token counts --------------------------------------------------------------------
+    def _tokens(self, kind: str, num_frames: int, width: int, height: int) -> int:
+        video = kind in VIDEO_KINDS
+        lo, hi = (("video_min_pixels", "video_max_pixels") if video else ("min_pixels", "max_pixels"))
+        try:
+            return qwen_tokens(num_frames if video else 1, width, height, self.options[lo], self.options[hi])
+        except ValueError as exc:
+            raise SampleError(BAD_SIZE, str(exc)) from None
+
+    def visual_tokens(self, width: int, height: int) -> int:
+        """Tokens of one image (image pixel limits)."""
+        return self._tokens("image", 1, width, height)
+
+    def media_tokens(self, kind: str, num_frames: int, width: int, height: int) -> int:
+        return self._tokens(kind, num_frames, width, height)
+
+    def frame_count_rule(self, num_frames: int) -> int:
+        """Frames per video for the megatron output: even. ``drop_last`` (Pai) drops the
+        last of an odd count, except that a single frame is repeated (two frames);
+        ``repeat_last`` repeats the last frame; ``off`` keeps the count."""
+        rule = self.options["even_frames"]
+        if rule == "off" or num_frames % 2 == 0:
+            return num_frames
+        if rule == "drop_last" and num_frames > 1:
+            return num_frames - 1
+        return num_frames + 1
+
+    # -- format ----------------------------------------------------------------------------
+    def second_per_grid_ts(self, fps: Optional[float]) -> float:
+        if fps is None:
+            fps = self.options["default_fps"]
+        if not fps > 0:
+            raise SampleError(BAD_FPS, f"sampling rate {fps} is not > 0")
+        return (1.0 if self.options["second_per_grid"] == "pai" else float(TEMPORAL_PATCH_SIZE)) / fps
+
+    def format(self, record: Record, frame_counts, frame_names=None, fps=None) -> dict:
+        """Pai's ChatML record: ``from``/``value`` with ``human``/``gpt``; each media tag
+        rewritten to the tag of its medium (``<video>`` for videos, frame folders and
+        pages, ``<image>`` for images); a record without tags gets them, one per
+        medium with a newline, in front of the first user turn. ``second_per_grid_ts``
+        has one entry per video, from the plan's fps. ``frame_names`` are not used
+        (frames travel in the shard's ``.videos`` member)."""
+        self._check_counts(record, frame_counts)
+        fps = list(fps) if fps is not None else [None] * len(record.media)
+        self._check_counts(record, fps, "fps")
+        kinds = [m.kind for m in record.media]
+        if self.options["even_frames"] != "off":
+            for i, (kind, n) in enumerate(zip(kinds, frame_counts)):
+                if kind in VIDEO_KINDS and n % 2:
+                    raise SampleError(ODD_FRAMES, f"video {i} has {n} frames; apply frame_count_rule to the plan")
+        turns = checked_turns(record)
+        tag_of = [VIDEO_TAG if k in VIDEO_KINDS else IMAGE_TAG for k in kinds]
+        conversations = []
+        for turn, media in zip(turns, media_by_turn(record, turns)):
+            value = turn.content
+            if media:
+                if TAG_RE.search(value):
+                    order = iter(media)
+                    value = TAG_RE.sub(lambda m: tag_of[next(order)], value)
+                else:  # untagged record: tags in front of the first user turn
+                    value = "".join(tag_of[i] + "\n" for i in media) + value
+            conversations.append({"from": ROLES[turn.role], "value": value})
+        spg = [self.second_per_grid_ts(f) for k, f in zip(kinds, fps) if k in VIDEO_KINDS]
+        return {"conversations": conversations, "second_per_grid_ts": spg}
+
+    # -- chat_template mode ------------------------------------------------------------
+    def placeholder_tokens(self) -> list[str]:
+        return [VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
+
+    def media_placeholder(self, shape: MediaShape) -> str:
+        pad = VIDEO_PAD if shape.kind in VIDEO_KINDS else IMAGE_PAD
+        return VISION_START + pad * self.media_tokens(shape.kind, shape.num_frames, shape.width, shape.height) + VISION_END
+
+    def templated_text(self, model_record: dict, shapes: Sequence[MediaShape]) -> str:
+        """Tags replaced by ``<|vision_start|>`` + one pad token per visual token +
+        ``<|vision_end|>``, in media order, then the chat template."""
+        order = iter(shapes)
+        roles = {v: k for k, v in ROLES.items()}
+
+        def expand(_m: re.Match) -> str:
+            shape = next(order, None)
+            if shape is None:
+                raise SampleError(MEDIA_TAG_MISMATCH, "more media tags than media in the record")
+            return self.media_placeholder(shape)
+
+        messages = [{"role": roles[c["from"]], "content": TAG_RE.sub(expand, c["value"])}
+                    for c in model_record["conversations"]]
+        return self.render_template(messages)
+
+
+class Qwen25VL(Qwen2VL):
+    """Qwen2.5-VL: the same resize, merge and format rules as Qwen2-VL."""
+
+    names = ("qwen2.5-vl",)
+
+
+__all__ = ["Qwen2VL", "Qwen25VL", "smart_resize", "qwen_grid_thw", "qwen_tokens", "FACTOR",
+           "IMAGE_MIN_PIXELS", "IMAGE_MAX_PIXELS", "VIDEO_MIN_PIXELS", "VIDEO_MAX_PIXELS"]
