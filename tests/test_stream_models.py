@@ -69,3 +69,16 @@ def test_inspect_jsonl_has_tokens_record_and_drops_by_rule(setup):
     assert lines[-1] == {"summary": {"kept": 2, "dropped": {"first_turn_words": 1, "too_many_frames": 1}}}
     for line in lines[:-1]:
         assert set(line["tokens"]) == {"text", "visual", "total"} and "conversations" in line["record"]
+
+
+@pytest.mark.parametrize("model,match", [
+    ({"name": "minicpmv-2.5", "tokenizer": "/no/such/tokenizer/dir"}, "does not exist"),
+    ({"name": "llava-next"}, "not a known model"),
+])
+def test_bad_model_config_fails_at_startup_not_in_a_worker(setup, model, match):
+    from mmstream.errors import ConfigError
+
+    cfg = yaml.safe_load(open(setup))
+    cfg["model"] = model
+    with pytest.raises(ConfigError, match=match):
+        StreamingDataset(cfg)  # constructing it is enough: no iteration, no worker
