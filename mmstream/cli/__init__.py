@@ -10,7 +10,7 @@ import sys
 from ..errors import MmstreamError
 
 # subcommand modules, in --help order
-COMMANDS = ["inspect"]
+COMMANDS = ["inspect", "cache", "finalize", "verify"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,15 @@
+"""The last stage: cache the stream to shards that the finetune scripts read.
+
+``run_cache`` drives it; ``formats`` turns a Sample into tar members or files;
+``shards`` writes them atomically; ``manifest`` records, merges (``finalize``) and
+checks (``verify``) what was written; ``energon`` has megatron-energon index the
+megatron shards.
+"""
+from .atomic import WriteError
+from .cache import resolve_rank, run_cache
+from .formats import Encoded, encoder_for
+from .manifest import VerifyReport, finalize, verify
+from .shards import FilesWriter, ShardInfo, ShardWriter
+
+__all__ = ["run_cache", "resolve_rank", "finalize", "verify", "VerifyReport", "ShardWriter", "FilesWriter",
+           "ShardInfo", "Encoded", "encoder_for", "WriteError"]

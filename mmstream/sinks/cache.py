@@ -1,0 +1,341 @@
+"""Run the stream once and cache it to shards: ``mmstream cache`` as a function.
+
+::
+
+    summary = run_cache("configs/t2vid.yaml", "/data/cache", workers=8)
+
+Records are decoded in ``workers`` DataLoader processes; the main process encodes
+each :class:`~mmstream.types.Sample` for the configured output and hands it to a
+rotating, atomic shard writer. After every shard the rank's manifest is rewritten.
+
+Resuming (the default): the rank's manifest lists every key already covered (kept in
+a committed shard, or dropped and recorded). A rerun deletes this rank's leftover
+temporary files and any shard the manifest does not list (one renamed just before a
+kill), passes the covered keys to the dataset as ``skip_keys`` (skipped before any
+decode) and numbers new shards after the last committed one. So a run killed at any
+moment, even by ``kill -9``, and rerun with the same command ends with every kept
+sample exactly once.
+
+Several processes or machines: ``rank``/``world_size`` (default: ``RANK``/
+``WORLD_SIZE`` as torchrun sets them, else ``SLURM_PROCID``/``SLURM_NTASKS``) split
+the records disjointly; each rank writes its own shards and manifest, and the last
+rank to finish (or ``mmstream finalize DIR``) merges them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+from typing import Any, Callable, Optional, Union
+
+from torch.utils.data import IterableDataset
+
+from ..config import Config, OutputConfig, load_config
+from ..errors import ConfigError, MmstreamError, SampleError
+from ..types import Drop, Sample
+from . import manifest as mf
+from .atomic import TMP_MARK, is_tmp_name, remove_quietly
+from .formats import IMAGES_DIR, check_output, encoder_for
+from .shards import PARTS_DIR, FilesWriter, ShardWriter, parse_shard_name, shard_name
+
+log = logging.getLogger(__name__)
+
+#: Drop reason for a key that a source yields twice (a key must be unique).
+DUPLICATE_KEY = "duplicate_key"
+#: DataLoader workers when none are asked for: the cores, at most this many.
+MAX_DEFAULT_WORKERS = 8
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
+
+DatasetFactory = Callable[..., Any]
+
+
+def resolve_rank(rank: Optional[int] = None, world_size: Optional[int] = None,
+                 config: Optional[Config] = None) -> tuple[int, int]:
+    """``(rank, world_size)``: the arguments, else ``config.loader``, else torchrun's
+    ``RANK``/``WORLD_SIZE``, else Slurm's ``SLURM_PROCID``/``SLURM_NTASKS``, else 0/1."""
+    env = os.environ
+    candidates = [(rank, world_size)]
+    if config is not None:
+        candidates.append((config.loader.rank, config.loader.world_size))
+    candidates.append((env.get("RANK"), env.get("WORLD_SIZE")))
+    candidates.append((env.get("SLURM_PROCID"), env.get("SLURM_NTASKS")))
+    r = next((c[0] for c in candidates if c[0] is not None), 0)
+    w = next((c[1] for c in candidates if c[1] is not None), 1)
+    try:
+        r, w = int(r), int(w)
+    except (TypeError, ValueError):
+        raise ConfigError(f"rank/world size must be integers (got {r!r}/{w!r})") from None
+    if w < 1 or not 0 <= r < w:
+        raise ConfigError(f"rank {r} is not in 0..{w - 1} (world size {w})")
+    return r, w
+
+
+def check_model(config: Config) -> None:
+    """The output format stores the model's training record: the model must write that
+    record (Qwen2-VL's ChatML for megatron; the MiniCPM-V JSON for minicpmv/idefics3)."""
+    from ..models import get_model
+
+    fmt = config.output.format
+    if config.model is None:
+        raise ConfigError(f"output.format {fmt!r} stores the model's training record: add a `model:` section "
+                          f"({'a Qwen2-VL family model' if fmt == 'megatron' else 'minicpmv-2.5/2.6 or idefics3'})")
+    writes = get_model(config.model, load=False).output_format
+    want = "megatron" if fmt == "megatron" else "minicpmv"
+    if writes != want:
+        raise ConfigError(f"output.format {fmt!r} needs a model that writes {want!r} records; "
+                          f"model {config.model.name!r} writes {writes!r}")
+
+
+def default_workers() -> int:
+    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+
+
+def shard_prefix(config: Config) -> str:
+    prefix = (config.output.options or {}).get("shard_prefix")
+    if prefix is None:
+        prefix = "pretrain" if config.output.format == "megatron" else config.output.format
+    prefix = str(prefix)
+    if not _PREFIX_RE.match(prefix):
+        raise ConfigError(f"output.options.shard_prefix: {prefix!r} may hold letters, digits, '_' and inner '-'")
+    return prefix
+
+
+def _name_for(config: Config, rank: int, world_size: int) -> Callable[[int], str]:
+    prefix = shard_prefix(config)
+    if config.output.layout == "files":
+        return lambda i: f"{PARTS_DIR}/{shard_name(prefix, i, rank=rank, world_size=world_size, ext='json')}"
+    return lambda i: shard_name(prefix, i, rank=rank, world_size=world_size, ext="tar")
+
+
+def _identity(x):
+    return x
+
+
+class EncodeSamples(IterableDataset):
+    """Wraps the dataset so that JPEG encoding runs in the DataLoader workers too.
+
+    Yields :class:`~.formats.Encoded` (with ``source`` set) for samples and passes
+    :class:`Drop` through; a sample the encoder rejects becomes a Drop (or, with
+    ``strict``, raises).
+    """
+
+    def __init__(self, dataset: Any, output: OutputConfig, *, strict: bool = False):
+        super().__init__()
+        self.dataset = dataset
+        self.output = output
+        self.strict = strict
+
+    def __iter__(self):
+        encode = encoder_for(self.output)
+        for item in self.dataset:
+            if isinstance(item, Drop):
+                yield item
+                continue
+            if not isinstance(item, Sample):
+                raise MmstreamError(f"the dataset yielded {type(item).__name__}, expected Sample or Drop")
+            try:
+                encoded = encode(item)
+            except SampleError as exc:
+                if self.strict:
+                    raise
+                exc.with_context(key=item.key)
+                yield Drop(item.key, item.source, exc.reason, exc.path, exc.message)
+                continue
+            encoded.source = item.source
+            yield encoded
+
+
+def _default_factory(config: Config, **kwargs):
+    from ..dataset import StreamingDataset  # imported late: only a cache run needs it
+    return StreamingDataset(config, **kwargs)
+
+
+def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
+              workers: Optional[int] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
+              resume: bool = True, progress: bool = True, finalize: Union[bool, str] = "auto",
+              dataset_factory: Optional[DatasetFactory] = None) -> dict[str, Any]:
+    """Cache the configured stream into ``output_dir``; return a summary dict.
+
+    ``resume=False`` deletes what this rank wrote before and starts it over.
+    ``finalize``: ``"auto"`` merges the manifests once every rank is complete,
+    ``True`` always (fails if a rank is missing), ``False`` never.
+    ``dataset_factory(config, emit_drops=True, rank=, world_size=, skip_keys=)`` builds
+    the iterable of Sample/Drop (default: :class:`mmstream.StreamingDataset`).
+    """
+    config = load_config(config)
+    check_output(config.output)
+    check_model(config)
+    rank, world_size = resolve_rank(rank, world_size, config)
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 0:
+        raise ConfigError("workers must be >= 0")
+    out = os.path.abspath(output_dir)
+    mf.makedirs(out)
+    started = time.monotonic()
+    with mf.file_lock(out, f"rank-{rank}.lock", what=f"cache rank {rank}"):
+        manifest, resumed = open_rank(out, config, rank, world_size, resume=resume)
+        before = manifest.counts()
+        stats = {"kept": 0, "dropped": {}, "shards": 0}
+        if not manifest.complete:
+            remove_quietly(os.path.join(out, mf.MANIFEST))  # the folder is changing: no longer final
+            stats = _cache_loop(config, out, manifest, rank, world_size, workers, progress,
+                                dataset_factory or _default_factory)
+    elapsed = time.monotonic() - started
+    counts = manifest.counts()
+    summary = {
+        "output": out, "rank": rank, "world_size": world_size,
+        "format": config.output.format, "layout": config.output.layout,
+        "resumed": resumed, "already_done": before["kept"] + before["dropped_total"] if resumed else 0,
+        "kept": counts["kept"], "dropped": counts["dropped"], "dropped_total": counts["dropped_total"],
+        "shards": counts["shards"],
+        "kept_this_run": stats["kept"], "dropped_this_run": stats["dropped"], "shards_this_run": stats["shards"],
+        "elapsed_s": round(elapsed, 3),
+        "samples_per_s": round(stats["kept"] / elapsed, 3) if elapsed > 0 else None,
+        "finalized": False, "manifest": manifest.path,
+    }
+    if finalize is True or (finalize == "auto" and _all_ranks_complete(out, world_size)):
+        t0 = time.monotonic()
+        mf.finalize(out)
+        summary["finalized"] = True
+        summary["finalize_s"] = round(time.monotonic() - t0, 3)
+        summary["manifest"] = os.path.join(out, mf.MANIFEST)
+    return summary
+
+
+def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, world_size: int,
+                workers: int, progress: bool, factory: DatasetFactory) -> dict[str, Any]:
+    import torch.utils.data
+    from tqdm import tqdm
+
+    covered = manifest.covered_keys()
+    pending: list[Drop] = []
+    dropped: dict[str, int] = {}
+    seen: set[str] = set()
+    stats = {"kept": 0, "dropped": dropped, "shards": 0}
+    bar = tqdm(desc=f"cache rank {rank}/{world_size}", unit="sample", disable=not progress, dynamic_ncols=True)
+
+    def on_commit(info) -> None:
+        manifest.add_shard(info, pending)
+        pending.clear()
+        stats["shards"] += 1
+        bar.set_postfix(dropped=sum(dropped.values()), shards=len(manifest.shards), refresh=False)
+
+    def drop(d: Drop) -> None:
+        pending.append(d)
+        dropped[d.reason] = dropped.get(d.reason, 0) + 1
+        bar.set_postfix(dropped=sum(dropped.values()), shards=len(manifest.shards), refresh=False)
+
+    writer_cls = FilesWriter if config.output.layout == "files" else ShardWriter
+    writer = writer_cls(out, _name_for(config, rank, world_size), maxcount=config.output.maxcount,
+                        start_index=manifest.next_index(), on_commit=on_commit)
+    dataset = factory(config, emit_drops=True, rank=rank, world_size=world_size, skip_keys=frozenset(covered))
+    encoding = EncodeSamples(dataset, config.output, strict=config.strict)
+    loader = torch.utils.data.DataLoader(encoding, batch_size=None, num_workers=workers, collate_fn=_identity)
+    try:
+        with writer:
+            for item in loader:
+                if isinstance(item, Drop):
+                    if item.key not in covered:
+                        drop(item)
+                    continue
+                if item.key in covered:
+                    continue  # already cached (a dataset that ignores skip_keys)
+                if item.key in seen:
+                    drop(Drop(item.key, item.source, DUPLICATE_KEY, message="key yielded twice"))
+                    continue
+                seen.add(item.key)
+                writer.write(item)
+                stats["kept"] += 1
+                bar.update(1)
+        manifest.finish(pending)
+    finally:
+        bar.close()
+    return stats
+
+
+def open_rank(out: str, config: Config, rank: int, world_size: int, *, resume: bool) -> tuple[mf.RankManifest, bool]:
+    """Load (or start) this rank's manifest and clean up after an interrupted run.
+
+    Returns ``(manifest, resumed)``. Deletes this rank's temporary files and every file
+    that looks like one of its shards but is not listed (renamed just before a kill).
+    """
+    others = [m for m in mf.load_rank_manifests(out) if m.world_size != world_size]
+    if others:
+        raise MmstreamError(f"{out} holds a run with world size {others[0].world_size} (rank {others[0].rank}); "
+                            f"use a new folder, or the same world size to resume it")
+    config_dict = config.to_dict()
+    existing = mf.RankManifest.load(out, rank)
+    if existing is not None and not resume:
+        _delete_rank(out, existing)
+        existing = None
+    if existing is not None and existing.config_sha256 != mf.config_sha256(config_dict):
+        changed = sorted(k for k in set(config_dict) | set(existing.config)
+                         if mf.dump_json(config_dict.get(k)) != mf.dump_json(existing.config.get(k)))
+        raise MmstreamError(f"{existing.path} was written with a different config (differs in {changed}); "
+                            f"rerun with the same config, or start this rank over with --no-resume")
+    resumed = existing is not None
+    manifest = existing or mf.RankManifest(out, rank, world_size, config_dict)
+    listed = {s["name"] for s in manifest.shards}
+    # a listed shard that is gone or truncated is redone
+    kept = []
+    for s in manifest.shards:
+        path = os.path.join(out, s["name"])
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if size == s["bytes"]:
+            kept.append(s)
+        else:
+            log.warning("%s: %s; its samples are cached again", path,
+                        "missing" if size is None else f"{size} bytes, expected {s['bytes']}")
+            remove_quietly(path)
+    if len(kept) != len(manifest.shards):
+        manifest.shards = kept
+        manifest.complete = False
+        listed = {s["name"] for s in kept}
+    _clean_leftovers(out, config, rank, world_size, listed)
+    manifest.save()  # records the rank (and its world size) from the start
+    return manifest, resumed
+
+
+def _is_mine(name: str, config: Config, rank: int, world_size: int) -> bool:
+    parsed = parse_shard_name(name)
+    if parsed is None or parsed["prefix"] != shard_prefix(config):
+        return False
+    return parsed["rank"] == (rank if world_size > 1 else None)
+
+
+def _clean_leftovers(out: str, config: Config, rank: int, world_size: int, listed: set[str]) -> None:
+    folder = os.path.join(out, PARTS_DIR) if config.output.layout == "files" else out
+    rel = PARTS_DIR + "/" if config.output.layout == "files" else ""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        base = name.split(TMP_MARK, 1)[0] if is_tmp_name(name) else name
+        if not _is_mine(base, config, rank, world_size):
+            continue
+        if is_tmp_name(name) or rel + name not in listed:
+            log.info("removing leftover %s", os.path.join(folder, name))
+            remove_quietly(os.path.join(folder, name))
+    mine = os.path.basename(mf.rank_manifest_path(out, rank))
+    for name in os.listdir(out):
+        if is_tmp_name(name) and name.split(TMP_MARK, 1)[0] == mine:
+            remove_quietly(os.path.join(out, name))
+
+
+def _delete_rank(out: str, manifest: mf.RankManifest) -> None:
+    """Forget what a rank wrote (``resume=False``)."""
+    for s in manifest.shards:
+        remove_quietly(os.path.join(out, s["name"]))
+        if s["name"].startswith(PARTS_DIR + "/"):
+            for key in s["keys"]:
+                shutil.rmtree(os.path.join(out, IMAGES_DIR, key), ignore_errors=True)
+    remove_quietly(manifest.path)
+
+
+def _all_ranks_complete(out: str, world_size: int) -> bool:
+    ranks = mf.load_rank_manifests(out)
+    return {m.rank for m in ranks if m.complete and m.world_size == world_size} == set(range(world_size))

@@ -1,0 +1,251 @@
+"""Sample -> what goes on disk, one function per output flavour.
+
+``encoder_for(config.output)`` returns a function ``Sample -> Encoded``. The writer
+(:mod:`.shards`) never looks inside a sample; it stores what the encoder made:
+
+* ``megatron`` (Pai-Megatron-Patch ChatML, REFERENCE 6): tar members ``KEY.jpgs``
+  (pickled list of JPEG bytes, one per image), ``KEY.videos`` (pickled list of lists
+  of JPEG bytes, one inner list per video, an even number of frames each) and
+  ``KEY.json`` (the model record: ``conversations`` + ``second_per_grid_ts``). All
+  three are always written.
+* ``minicpmv`` / ``idefics3``, layout ``wds``: one JPEG member per frame, named after
+  the frame's file in the model record (``KEY.00000.jpg`` for ``KEY/00000.jpg``), plus
+  ``KEY.json`` holding the model record unchanged.
+* ``minicpmv`` / ``idefics3``, layout ``files``: the frames as files
+  ``images/<path in the record>`` and the record with its ``image`` paths pointing at
+  them (relative to the output folder here; made absolute when the JSON list is
+  assembled, see :mod:`.manifest`).
+
+Frames are uint8 RGB ``[T, H, W, 3]``; grey and RGBA frames are converted (RGBA is
+composited on white, as Qwen's ``to_rgb`` does), so colours are stored as RGB, never
+BGR, and an alpha channel never crashes the encoder.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+from PIL import Image
+
+from ..config import OutputConfig
+from ..errors import MEDIA_TAG_MISMATCH, ConfigError, MmstreamError, SampleError
+from ..types import IMAGE_TAG, VIDEO_TAG, Sample
+from .atomic import dump_json
+
+FORMATS = ("megatron", "minicpmv", "idefics3")
+LAYOUTS = ("wds", "files")
+
+#: Qwen2-VL merges this many frames into one temporal patch; Pai's converter and the
+#: Qwen processor both need a video's frame count to be a multiple of it.
+TEMPORAL_PATCH_SIZE = 2
+#: Pickle protocol of the ``.jpgs``/``.videos`` members (readable by Python >= 3.4).
+PICKLE_PROTOCOL = 4
+#: Folder (inside the output folder) that holds the frames of the ``files`` layout.
+IMAGES_DIR = "images"
+
+_KEY_BAD = re.compile(r"[./\\\s]")
+_MEMBER_OK = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9]+$")
+
+
+@dataclass
+class Encoded:
+    """One sample ready for a writer.
+
+    ``members`` are tar members ``KEY.<ext>`` as ``(ext, bytes)``; ``files`` are
+    ``(path relative to the output folder, bytes)`` and ``record`` the JSON record of
+    the ``files`` layout.
+    """
+
+    key: str
+    members: list[tuple[str, bytes]] = field(default_factory=list)
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    record: Optional[dict[str, Any]] = None
+    source: str = ""
+
+
+Encoder = Callable[[Sample], Encoded]
+
+
+def check_output(output: OutputConfig) -> None:
+    """Reject an output section this module cannot write (at start-up)."""
+    if output.format not in FORMATS:
+        raise ConfigError(f"output.format: {output.format!r} is not one of {FORMATS}")
+    if output.layout not in LAYOUTS:
+        raise ConfigError(f"output.layout: {output.layout!r} is not one of {LAYOUTS}")
+    if output.format == "megatron" and output.layout != "wds":
+        raise ConfigError("output.layout: megatron shards are always tar files; use layout: wds")
+    if not isinstance(output.maxcount, int) or output.maxcount < 1:
+        raise ConfigError(f"output.maxcount: must be a positive integer (got {output.maxcount!r})")
+    if not 1 <= int(output.jpeg_quality) <= 100:
+        raise ConfigError(f"output.jpeg_quality: must be 1..100 (got {output.jpeg_quality!r})")
+
+
+def encoder_for(output: OutputConfig) -> Encoder:
+    """The ``Sample -> Encoded`` function for this output section."""
+    check_output(output)
+    quality = int(output.jpeg_quality)
+    if output.format == "megatron":
+        return lambda s: encode_megatron(s, quality=quality)
+    if output.layout == "wds":
+        return lambda s: encode_minicpmv_wds(s, quality=quality)
+    return lambda s: encode_minicpmv_files(s, quality=quality)
+
+
+# -- frames -------------------------------------------------------------------------
+
+def to_rgb(frame: np.ndarray) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB from grey ``[H, W]``/``[H, W, 1]``, RGB or RGBA."""
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+        raise SampleError("decode_error", f"frames must be uint8, got {frame.dtype}")
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    if frame.ndim != 3:
+        raise SampleError("decode_error", f"a frame must be [H, W, C], got shape {frame.shape}")
+    channels = frame.shape[2]
+    if channels == 3:
+        return frame
+    if channels == 1:
+        return np.repeat(frame, 3, axis=2)
+    if channels == 4:  # composite on white, like qwen-vl-utils' to_rgb
+        alpha = frame[:, :, 3:4].astype(np.uint16)
+        rgb = frame[:, :, :3].astype(np.uint16)
+        return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    raise SampleError("decode_error", f"a frame must have 1, 3 or 4 channels, got {channels}")
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of one RGB frame (PIL, so channel order is RGB)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(to_rgb(frame)), mode="RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def all_frames(sample: Sample) -> list[np.ndarray]:
+    """Every frame of every clip, in order (what ``<image_NN>`` counts over)."""
+    return [f for clip in sample.clips for f in clip.frames]
+
+
+def check_key(key: str) -> str:
+    if not key or _KEY_BAD.search(key):
+        raise MmstreamError(f"sample key {key!r} cannot name a WebDataset sample (no dots, slashes or spaces)")
+    return key
+
+
+def _model_record(sample: Sample, fmt: str) -> dict[str, Any]:
+    rec = sample.model_record
+    if not isinstance(rec, dict):
+        raise MmstreamError(
+            f"output.format {fmt!r} writes the model's training record, but sample {sample.key!r} has "
+            f"none: configure a `model:` section (a Qwen2-VL family model for megatron, MiniCPM-V or "
+            f"Idefics3 for minicpmv/idefics3)")
+    return rec
+
+
+# -- megatron (Pai-Megatron-Patch ChatML) -------------------------------------------
+
+def even_frames(frames: np.ndarray) -> np.ndarray:
+    """Pad a video to a multiple of TEMPORAL_PATCH_SIZE frames by repeating the last one
+    (what the Qwen2-VL processor does); an empty video stays empty."""
+    t = len(frames)
+    rest = (-t) % TEMPORAL_PATCH_SIZE
+    if t == 0 or rest == 0:
+        return frames
+    return np.concatenate([frames, np.repeat(frames[-1:], rest, axis=0)], axis=0)
+
+
+def encode_megatron(sample: Sample, *, quality: int) -> Encoded:
+    key = check_key(sample.key)
+    rec = _model_record(sample, "megatron")
+    convs = rec.get("conversations")
+    if not isinstance(convs, list) or not all(isinstance(t, dict) and "from" in t and "value" in t for t in convs):
+        raise MmstreamError(
+            f"output.format 'megatron' needs a ChatML record ({{'conversations': [{{'from', 'value'}}]}}); "
+            f"sample {key!r} has keys {sorted(rec)}: is the configured model a Qwen2-VL family model?")
+    images = [c for c in sample.clips if c.kind == "image"]
+    videos = [c for c in sample.clips if c.kind != "image"]
+    text = "".join(str(t["value"]) for t in convs)
+    n_img, n_vid = text.count(IMAGE_TAG), text.count(VIDEO_TAG)
+    n_img_frames = sum(c.num_frames for c in images)
+    if n_img != n_img_frames or n_vid != len(videos):
+        raise SampleError(MEDIA_TAG_MISMATCH,
+                          f"conversation has {n_img} {IMAGE_TAG} and {n_vid} {VIDEO_TAG} tags, sample has "
+                          f"{n_img_frames} image(s) and {len(videos)} video(s)", key=key)
+    sgt = rec.get("second_per_grid_ts", [])
+    if videos and (not isinstance(sgt, (list, tuple)) or len(sgt) != len(videos)):
+        raise MmstreamError(f"sample {key!r}: second_per_grid_ts must have one entry per video "
+                            f"({len(videos)}), got {sgt!r}")
+    jpgs = [encode_jpeg(f, quality) for c in images for f in c.frames]
+    vids = []
+    for clip in videos:
+        if clip.num_frames == 0:
+            raise SampleError("no_frames", "video has no frames", key=key, path=clip.path)
+        vids.append([encode_jpeg(f, quality) for f in even_frames(clip.frames)])
+    out = dict(rec)
+    out["second_per_grid_ts"] = [float(x) for x in sgt]
+    return Encoded(key=key, members=[
+        ("jpgs", pickle.dumps(jpgs, protocol=PICKLE_PROTOCOL)),
+        ("videos", pickle.dumps(vids, protocol=PICKLE_PROTOCOL)),
+        ("json", dump_json(out)),
+    ])
+
+
+# -- minicpmv / idefics3 ------------------------------------------------------------
+
+def _image_map(sample: Sample, fmt: str = "minicpmv") -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The record and its ``(tag, relative path)`` pairs, checked against the frames."""
+    rec = _model_record(sample, fmt)
+    image = rec.get("image", {})
+    if isinstance(image, str):
+        pairs = [("<image>", image)]
+    elif isinstance(image, dict):
+        pairs = [(str(k), str(v)) for k, v in image.items()]
+    else:
+        raise MmstreamError(f"sample {sample.key!r}: record 'image' must be a dict of tag -> path")
+    n_frames = sum(c.num_frames for c in sample.clips)
+    if len(pairs) != n_frames:
+        raise SampleError(MEDIA_TAG_MISMATCH, f"record names {len(pairs)} image(s), sample has {n_frames} frame(s)",
+                          key=sample.key)
+    for _, rel in pairs:
+        norm = os.path.normpath(rel)
+        if os.path.isabs(rel) or norm.startswith("..") or "\\" in rel:
+            raise MmstreamError(f"sample {sample.key!r}: image path {rel!r} must be relative, inside the output")
+    return rec, pairs
+
+
+def encode_minicpmv_wds(sample: Sample, *, quality: int) -> Encoded:
+    key = check_key(sample.key)
+    rec, pairs = _image_map(sample)
+    members = []
+    seen = set()
+    for (_, rel), frame in zip(pairs, all_frames(sample)):
+        ext = os.path.basename(rel)
+        if not _MEMBER_OK.match(ext) or ext in seen or ext.split(".", 1)[0] == "json":
+            raise MmstreamError(f"sample {key!r}: frame file name {ext!r} cannot be a tar member name "
+                                f"(want unique names like 00000.jpg)")
+        seen.add(ext)
+        members.append((ext, encode_jpeg(frame, quality)))
+    members.append(("json", dump_json(rec)))
+    return Encoded(key=key, members=members)
+
+
+def encode_minicpmv_files(sample: Sample, *, quality: int) -> Encoded:
+    key = check_key(sample.key)
+    rec, pairs = _image_map(sample)
+    files = []
+    mapping = {}
+    for (tag, rel), frame in zip(pairs, all_frames(sample)):
+        path = f"{IMAGES_DIR}/{os.path.normpath(rel)}"
+        files.append((path, encode_jpeg(frame, quality)))
+        mapping[tag] = path
+    out = dict(rec)
+    if isinstance(rec.get("image"), str):
+        out["image"] = mapping["<image>"]
+    else:
+        out["image"] = mapping
+    return Encoded(key=key, files=files, record=out)

@@ -1,0 +1,333 @@
+"""Rotating shard writers that never leave a file a reader could take for a shard.
+
+A shard is written as ``<name>.tmp-<pid>``, fsynced, and renamed to its final name when
+it holds ``maxcount`` samples or when the writer is closed. Only then does
+``on_commit(ShardInfo)`` run (the caller records it in the manifest)::
+
+    with ShardWriter(out, lambda i: f"pretrain-{i:06d}.tar", maxcount=1000,
+                     on_commit=manifest.add_shard) as writer:
+        for sample in samples:
+            writer.write(encode(sample))
+
+Leaving the ``with`` block on an exception deletes the open temporary file; shards
+committed before stay as they are. A failing write (disk full, permission denied,
+read-only mount) raises :class:`~.atomic.WriteError` naming the path.
+
+:class:`FilesWriter` is the same contract for the ``files`` layout: frames go to
+``images/...`` as they come, and the "shard" that is committed atomically is a JSON
+list of the records (``parts/<name>.json``).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, Optional
+
+from .atomic import WriteError, atomic_write_bytes, commit, dump_json, fsync_dir, remove_quietly, tmp_name
+from .formats import Encoded
+
+#: mtime stored in every tar header: fixed, so the same samples give the same bytes
+#: (and the same sha256) on every run.
+TAR_MTIME = 0
+#: Folder (inside the output folder) of the ``files`` layout's per-shard JSON lists.
+PARTS_DIR = "parts"
+
+RESUME_HINT = "Shards completed so far are kept; rerun the same command to continue from them."
+
+_NAME_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*?)-(?:r(?P<rank>\d+)-)?(?P<index>\d+)\.(?P<ext>tar|json)$")
+
+
+def shard_name(prefix: str, index: int, *, rank: int = 0, world_size: int = 1, ext: str = "tar") -> str:
+    """``pretrain-000007.tar``; with several ranks ``pretrain-r1-000007.tar``."""
+    if world_size > 1:
+        return f"{prefix}-r{rank}-{index:06d}.{ext}"
+    return f"{prefix}-{index:06d}.{ext}"
+
+
+def parse_shard_name(name: str) -> Optional[dict[str, Any]]:
+    """Inverse of :func:`shard_name` (``None`` for other names); ``rank`` is None
+    for single-rank names."""
+    m = _NAME_RE.match(os.path.basename(name))
+    if not m:
+        return None
+    return {"prefix": m["prefix"], "rank": int(m["rank"]) if m["rank"] is not None else None,
+            "index": int(m["index"]), "ext": m["ext"]}
+
+
+@dataclass
+class ShardInfo:
+    """A committed shard: ``name`` is relative to the output folder."""
+
+    name: str
+    index: int
+    count: int
+    sha256: str
+    bytes: int
+    keys: list[str] = field(default_factory=list)
+    content_sha256: Optional[str] = None  # files layout: hash over its frame files
+
+
+class _HashingFile:
+    """Write-through file wrapper that hashes and counts what passes through."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.f.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = TAR_MTIME
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class _RotatingWriter:
+    """What both writers share: counting, rotation, commit callback, abort."""
+
+    def __init__(self, directory: str, name_for: Callable[[int], str], *, maxcount: int,
+                 start_index: int = 0, on_commit: Optional[Callable[[ShardInfo], None]] = None):
+        if maxcount < 1:
+            raise ValueError("maxcount must be >= 1")
+        self.directory = directory
+        self.name_for = name_for
+        self.maxcount = maxcount
+        self.index = start_index
+        self.on_commit = on_commit
+        self.committed: list[ShardInfo] = []
+        self._keys: list[str] = []
+
+    # subclasses: _open(), _add(enc), _finish() -> ShardInfo, _discard()
+    @property
+    def is_open(self) -> bool:
+        raise NotImplementedError
+
+    def write(self, enc: Encoded) -> None:
+        if not self.is_open:
+            self._open()
+        self._add(enc)
+        self._keys.append(enc.key)
+        if len(self._keys) >= self.maxcount:
+            self.flush()
+
+    def flush(self) -> Optional[ShardInfo]:
+        """Commit the open shard now (if it holds any sample)."""
+        if not self.is_open:
+            return None
+        if not self._keys:
+            self._discard()
+            return None
+        info = self._finish()
+        self._keys = []
+        self.index += 1
+        self.committed.append(info)
+        if self.on_commit is not None:
+            self.on_commit(info)
+        return info
+
+    def close(self) -> Optional[ShardInfo]:
+        return self.flush()
+
+    def abort(self) -> None:
+        """Drop the open shard (its temporary file is deleted)."""
+        if self.is_open:
+            self._discard()
+        self._keys = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+class ShardWriter(_RotatingWriter):
+    """Tar shards: each :class:`Encoded` becomes members ``KEY.<ext>``."""
+
+    def __init__(self, directory: str, name_for: Callable[[int], str], *, maxcount: int,
+                 start_index: int = 0, on_commit: Optional[Callable[[ShardInfo], None]] = None):
+        super().__init__(directory, name_for, maxcount=maxcount, start_index=start_index, on_commit=on_commit)
+        self._file: Optional[BinaryIO] = None
+        self._hashing: Optional[_HashingFile] = None
+        self._tar: Optional[tarfile.TarFile] = None
+        self._tmp = ""
+        self._final = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self._file is not None
+
+    def _open(self) -> None:
+        self._final = os.path.join(self.directory, self.name_for(self.index))
+        self._tmp = tmp_name(self._final)
+        try:
+            self._file = open(self._tmp, "wb")
+        except OSError as exc:
+            raise WriteError(self._tmp, exc, RESUME_HINT) from None
+        self._hashing = _HashingFile(self._file)
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
+
+    def _add(self, enc: Encoded) -> None:
+        assert self._tar is not None
+        try:
+            for ext, data in enc.members:
+                self._tar.addfile(_tarinfo(f"{enc.key}.{ext}", len(data)), io.BytesIO(data))
+        except OSError as exc:
+            self._discard()
+            raise WriteError(self._tmp, exc, RESUME_HINT) from None
+
+    def _finish(self) -> ShardInfo:
+        assert self._tar is not None and self._file is not None and self._hashing is not None
+        try:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as exc:
+            self._discard()
+            raise WriteError(self._tmp, exc, RESUME_HINT) from None
+        info = ShardInfo(name=os.path.relpath(self._final, self.directory), index=self.index,
+                         count=len(self._keys), sha256=self._hashing.sha.hexdigest(),
+                         bytes=self._hashing.size, keys=list(self._keys))
+        tmp = self._tmp
+        self._file = self._tar = self._hashing = None
+        try:
+            commit(tmp, self._final)
+        except WriteError:
+            remove_quietly(tmp)
+            raise
+        return info
+
+    def _discard(self) -> None:
+        for closer in (self._tar, self._file):
+            try:
+                if closer is not None:
+                    closer.close()
+            except (OSError, ValueError):
+                pass
+        self._file = self._tar = self._hashing = None
+        remove_quietly(self._tmp)
+
+
+class FilesWriter(_RotatingWriter):
+    """The ``files`` layout: frames written as files, records committed per part.
+
+    ``name_for(i)`` names the part (``parts/minicpmv-000000.json``). The part is a JSON
+    list of the records (paths relative to the output folder). ``content_sha256`` of a
+    part hashes the relative path and bytes of each frame file, in order.
+    """
+
+    def __init__(self, directory: str, name_for: Callable[[int], str], *, maxcount: int,
+                 start_index: int = 0, on_commit: Optional[Callable[[ShardInfo], None]] = None):
+        super().__init__(directory, name_for, maxcount=maxcount, start_index=start_index, on_commit=on_commit)
+        self._records: Optional[list[dict[str, Any]]] = None
+        self._content = hashlib.sha256()
+        self._made_dirs: set[str] = set()
+
+    @property
+    def is_open(self) -> bool:
+        return self._records is not None
+
+    def _open(self) -> None:
+        self._records = []
+        self._content = hashlib.sha256()
+
+    def _add(self, enc: Encoded) -> None:
+        assert self._records is not None
+        if enc.record is None:
+            raise ValueError("FilesWriter needs Encoded.record (use the files-layout encoder)")
+        for rel, data in enc.files:
+            path = os.path.join(self.directory, rel)
+            parent = os.path.dirname(path)
+            try:
+                if parent not in self._made_dirs:
+                    os.makedirs(parent, exist_ok=True)
+                    self._made_dirs.add(parent)
+                with open(path, "wb") as f:
+                    f.write(data)
+            except OSError as exc:
+                self._discard()
+                raise WriteError(path, exc, RESUME_HINT) from None
+            update_content_hash(self._content, rel, data)
+        self._records.append(enc.record)
+
+    def _finish(self) -> ShardInfo:
+        assert self._records is not None
+        final = os.path.join(self.directory, self.name_for(self.index))
+        data = dump_json(self._records, indent=None)
+        try:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+        except OSError as exc:
+            raise WriteError(os.path.dirname(final), exc, RESUME_HINT) from None
+        os.sync()  # frame files reach the disk before the part that names them
+        atomic_write_bytes(final, data, hint=RESUME_HINT)
+        fsync_dir(os.path.dirname(final))
+        info = ShardInfo(name=os.path.relpath(final, self.directory), index=self.index, count=len(self._keys),
+                         sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), keys=list(self._keys),
+                         content_sha256=self._content.hexdigest())
+        self._records = None
+        return info
+
+    def _discard(self) -> None:
+        # Frame files of uncommitted samples stay; no record names them, and the rerun
+        # rewrites them when it redoes those samples.
+        self._records = None
+
+
+def update_content_hash(sha, rel: str, data: bytes) -> None:
+    """Fold one frame file into a part's content hash (path, length, bytes)."""
+    sha.update(rel.encode("utf-8") + b"\0" + str(len(data)).encode() + b"\0")
+    sha.update(data)
+
+
+def read_tar_keys(path: str) -> tuple[list[str], int]:
+    """``(keys in order of first appearance, number of samples)`` of a tar shard.
+
+    Raises ``tarfile.TarError``/``OSError`` for a damaged file.
+    """
+    keys: list[str] = []
+    seen: set[str] = set()
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            base = os.path.basename(member.name)
+            key = member.name[: len(member.name) - len(base)] + base.split(".", 1)[0]
+            if key not in seen:
+                seen.add(key)
+                keys.append(key)
+    return keys, len(keys)
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while True:
+            buf = f.read(chunk)
+            if not buf:
+                break
+            sha.update(buf)
+            size += len(buf)
+    return sha.hexdigest(), size
