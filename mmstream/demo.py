@@ -28,7 +28,7 @@ from typing import Callable, Optional, Union
 
 from . import synth
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 CONFIG_NAME = "demo.yaml"
 MANIFEST_NAME = "demo_manifest.json"
 
@@ -210,10 +210,29 @@ SHAREGPT = [
      "videos": ["videos/bikes_00.mp4"]},
 ]
 
+# T2Vid raw synthetic records: long text rendered as 448x448 pages in the worker.
+_STORY = ("The lighthouse keeper climbed the stairs every evening at dusk, counted the steps, wiped "
+          "the salt from the great lens and wrote the weather into a book that nobody read. ")
+
+
+def _synthetic() -> list[dict]:
+    fits = " ".join([_STORY] * 12)  # ~200 words: 2 pages
+    too_long = " ".join([_STORY] * 600)  # ~10,000 words: 91 pages, over the 90-frame cap
+    return [
+        {"context": fits, "question": "What does the keeper write into the book?", "answer": "The weather."},
+        {"context": too_long, "question": "How many steps are there?", "answer": "The text never says."},
+        {"context": fits, "question": " ".join(["please"] * 35) + " summarise",  # 36 words >= the limit of 30
+         "answer": "A keeper tends a lighthouse."},
+    ]
+
+
+SYNTHETIC = _synthetic()
+
 EXPECTED_DROPS = {
     "videochatgpt": {"missing_media": 1},
     "llava": {"bad_json": 1},
     "sharegpt": {"media_tag_mismatch": 1},
+    "synthetic": {"too_many_frames": 1, "first_turn_words": 1},
 }
 
 CONFIG_TEXT = """\
@@ -222,10 +241,37 @@ sources:
   - {name: videochatgpt, format: videochatgpt, annotations: annotations/VideoInstruct100K.json, media_root: videos, limit: null}
   - {name: llava, format: llava, annotations: annotations/video_llava.jsonl, media_root: videos}
   - {name: sharegpt, format: sharegpt, annotations: annotations/sharegpt_mm.json, media_root: .}
+  - name: synthetic                # T2Vid text-as-video: pages rendered in the worker, T2Vid's filter
+    format: t2vid_raw
+    annotations: annotations/synthetic_raw.jsonl
+    sampling: {strategy: none, max_frames: null}
+    filter: {max_frames: 90, max_tokens: 8192, one_video_in_first_turn: true, max_first_turn_words: 30}
 sampling: {fps: 1.0, max_frames: 24, strategy: t2vid, decoder: auto}
 loader: {seed: 0, shuffle_buffer: 1000}
 strict: false
+# The demo's tokenizer is word-level, built from these annotations (no model hub here):
+# real runs name the model's own, e.g. openbmb/MiniCPM-Llama3-V-2_5.
+model: {name: minicpmv-2.5, tokenizer: tokenizer, token_count: t2vid}
+output: {format: minicpmv, layout: files, maxcount: 8}
 """
+
+
+def build_tokenizer(folder: str, texts: list[str]) -> str:
+    """A word-level tokenizer over ``texts`` (with BOS/UNK), saved for AutoTokenizer."""
+    import re
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)})
+    specials = ["<unk>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.add_special_tokens(specials)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(folder)
+    return folder
 
 
 def _write_text(path: str, text: str) -> bool:
@@ -287,11 +333,17 @@ def build_demo_data(out_dir: Union[str, os.PathLike], *, verbose: bool = False) 
     lines.insert(2, LLAVA_BAD_LINE)
     _write_text(os.path.join(ann, "video_llava.jsonl"), "\n".join(lines) + "\n")
     _write_text(os.path.join(ann, "sharegpt_mm.json"), json.dumps(SHAREGPT, indent=1) + "\n")
+    _write_text(os.path.join(ann, "synthetic_raw.jsonl"), "".join(json.dumps(r) + "\n" for r in SYNTHETIC))
+    tok = os.path.join(out, "tokenizer")
+    if not os.path.isfile(os.path.join(tok, "tokenizer.json")):
+        texts = [json.dumps(r) for group in (VIDEOCHATGPT, LLAVA, SHAREGPT, SYNTHETIC) for r in group]
+        build_tokenizer(tok, texts)
 
     manifest = {
         "version": DEMO_VERSION,
         "config": CONFIG_NAME,
-        "records": {"videochatgpt": len(VIDEOCHATGPT), "llava": len(LLAVA) + 1, "sharegpt": len(SHAREGPT)},
+        "records": {"videochatgpt": len(VIDEOCHATGPT), "llava": len(LLAVA) + 1, "sharegpt": len(SHAREGPT),
+                    "synthetic": len(SYNTHETIC)},
         "expected_drops": EXPECTED_DROPS,
         "real_clips": {name: {"from": src, "start": start, "end": end} for name, src, start, end, _, _ in REAL_CLIPS},
         "counter_clips": {name: dict(kw, size=list(COUNTER_SIZE)) for name, kw in COUNTER_CLIPS},

@@ -37,7 +37,8 @@ def test_config_has_the_documented_keys(demo):
     assert config_path == os.path.join(str(out), "demo.yaml")
     with open(config_path) as f:
         raw = yaml.safe_load(f)
-    assert [s["format"] for s in raw["sources"]] == ["videochatgpt", "llava", "sharegpt"]
+    assert [s["format"] for s in raw["sources"]] == ["videochatgpt", "llava", "sharegpt", "t2vid_raw"]
+    assert raw["model"]["name"] == "minicpmv-2.5" and raw["output"]["format"] == "minicpmv"
     assert raw["sampling"] == {"fps": 1.0, "max_frames": 24, "strategy": "t2vid", "decoder": "auto"}
     assert raw["loader"] == {"seed": 0, "shuffle_buffer": 1000} and raw["strict"] is False
     assert all(not os.path.isabs(s["annotations"]) for s in raw["sources"])
@@ -118,12 +119,25 @@ def test_frame_folder_and_sidecar(demo):
     assert read_counter(np.asarray(Image.open(folder / names[-1]).convert("RGB"))) == 19
 
 
-def test_manifest_lists_expected_drops(demo):
-    out, _ = demo
+def test_manifest_lists_the_drops_the_stream_really_makes(demo):
+    from collections import Counter
+
+    from mmstream import StreamingDataset
+    from mmstream.types import Drop
+
+    out, config_path = demo
     with open(out / "demo_manifest.json") as f:
         manifest = json.load(f)
-    assert manifest["expected_drops"] == {"videochatgpt": {"missing_media": 1}, "llava": {"bad_json": 1},
-                                          "sharegpt": {"media_tag_mismatch": 1}}
+    seen: dict = {}
+    kept = 0
+    for item in StreamingDataset(config_path, emit_drops=True):
+        if isinstance(item, Drop):
+            seen.setdefault(item.source, Counter())[item.reason] += 1
+        else:
+            kept += 1
+    assert {k: dict(v) for k, v in seen.items()} == manifest["expected_drops"]
+    assert kept + sum(sum(v.values()) for v in seen.values()) == sum(manifest["records"].values())
+    assert set(manifest["expected_drops"]) == {"videochatgpt", "llava", "sharegpt", "synthetic"}
 
 
 def _mtimes(root):
