@@ -25,7 +25,9 @@ setup: system-deps $(VENV)/.installed
 
 demo: setup  ## build the demo data, then stream + convert + filter + cache it and print a summary
 	$(PY) -m mmstream.demo $(DEMO_DIR)
-	$(VENV)/bin/mmstream inspect $(DEMO_DIR)/demo.yaml --workers 2
+	$(VENV)/bin/mmstream inspect $(DEMO_DIR)/demo.yaml --workers 2 --limit 3
+	$(VENV)/bin/mmstream cache $(DEMO_DIR)/demo.yaml --output $(DEMO_DIR)/cache --workers 2
+	$(VENV)/bin/mmstream verify $(DEMO_DIR)/cache
 
 test: setup
 	$(PY) -m pytest -q

@@ -36,3 +36,14 @@ def test_train_loop_resumes_with_exactly_the_unseen_samples(demo_config, tmp_pat
         n for per in manifest["expected_drops"].values() for n in per.values())
     assert len(keys) == len(set(keys)), "a sample was trained twice"
     assert len(keys) == expected, "a sample was never trained"
+
+
+def test_cache_then_finetune_script(demo_config, tmp_path):
+    out = tmp_path / "cache"
+    env = dict(os.environ, MMSTREAM=f"{sys.executable} -m mmstream", PY=sys.executable)
+    res = subprocess.run(["bash", "examples/cache_then_finetune.sh", demo_config, str(out)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"--data_path {out}/data.json" in res.stdout and "torchrun" in res.stdout
+    records = json.load(open(out / "data.json"))
+    assert records and all(os.path.isfile(p) for r in records for p in r["image"].values())
