@@ -24,6 +24,7 @@ from typing import Any, Iterable, Iterator, Optional, Union
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .config import Config, load_config
+from .dist import resolve_rank
 from .errors import SampleError
 from .pipeline import Pipeline
 from .sources import iter_source
@@ -49,21 +50,6 @@ def shuffle_buffer(items: Iterable[Item], size: int, seed: Any) -> Iterator[Item
     yield from buf
 
 
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed when initialised, else torchrun/SLURM env."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:  # pragma: no cover
-        pass
-    for rank_var, world_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank_var in os.environ and world_var in os.environ:
-            return int(os.environ[rank_var]), int(os.environ[world_var])
-    return 0, 1
-
-
 class StreamingDataset(IterableDataset):
     """Streams samples from a config (a YAML path, a dict or a :class:`Config`).
 
@@ -79,12 +65,11 @@ class StreamingDataset(IterableDataset):
         super().__init__()
         self.config = load_config(config)
         self.emit_drops = emit_drops
-        self._rank = rank if rank is not None else self.config.loader.rank
-        self._world = world_size if world_size is not None else self.config.loader.world_size
-        if (self._rank is None) != (self._world is None):
+        if (rank is None) != (world_size is None):
             raise ValueError("give both rank and world_size, or neither")
-        if self._world is not None and not 0 <= self._rank < self._world:
-            raise ValueError(f"rank {self._rank} is not in [0, {self._world})")
+        if world_size is not None:
+            resolve_rank(rank, world_size)  # validate now, not in a worker
+        self._rank, self._world = rank, world_size
         self.skip_keys = frozenset(skip_keys or ())
         self.model = None
         if self.config.model is not None:
@@ -134,7 +119,7 @@ class StreamingDataset(IterableDataset):
 
     def shard(self) -> tuple[int, int]:
         """(global worker id, total workers) of the calling process."""
-        rank, world = (self._rank, self._world) if self._world is not None else dist_rank_world()
+        rank, world = resolve_rank(self._rank, self._world, self.config)
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         return rank * workers + worker, world * workers

@@ -104,7 +104,9 @@ def test_resume_respects_epoch(text_config):
 
 
 def test_rank_and_world_validation(text_config):
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         StreamingDataset(text_config, rank=2, world_size=2)
+    with pytest.raises(ValueError):
+        StreamingDataset(text_config, rank=0)
     with pytest.raises(ConfigError):
         StreamingDataset({"sources": [{"name": "a.b", "annotations": "x.json"}]})

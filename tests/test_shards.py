@@ -262,7 +262,7 @@ def test_two_ranks_then_finalize_equal_one_rank(tmp_path):
 
 
 def test_rank_defaults_from_torchrun_then_slurm(monkeypatch):
-    from mmstream.sinks.cache import resolve_rank
+    from mmstream.dist import resolve_rank
 
     for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)

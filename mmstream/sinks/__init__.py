@@ -6,7 +6,8 @@ checks (``verify``) what was written; ``energon`` has megatron-energon index the
 megatron shards.
 """
 from .atomic import WriteError
-from .cache import resolve_rank, run_cache
+from ..dist import resolve_rank
+from .cache import run_cache
 from .formats import Encoded, encoder_for
 from .manifest import VerifyReport, finalize, verify
 from .shards import FilesWriter, ShardInfo, ShardWriter

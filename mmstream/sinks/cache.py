@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Union
 from torch.utils.data import IterableDataset
 
 from ..config import Config, OutputConfig, load_config
+from ..dist import resolve_rank
 from ..errors import ConfigError, MmstreamError, SampleError
 from ..types import Drop, Sample
 from . import manifest as mf
@@ -50,27 +51,6 @@ MAX_DEFAULT_WORKERS = 8
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$")
 
 DatasetFactory = Callable[..., Any]
-
-
-def resolve_rank(rank: Optional[int] = None, world_size: Optional[int] = None,
-                 config: Optional[Config] = None) -> tuple[int, int]:
-    """``(rank, world_size)``: the arguments, else ``config.loader``, else torchrun's
-    ``RANK``/``WORLD_SIZE``, else Slurm's ``SLURM_PROCID``/``SLURM_NTASKS``, else 0/1."""
-    env = os.environ
-    candidates = [(rank, world_size)]
-    if config is not None:
-        candidates.append((config.loader.rank, config.loader.world_size))
-    candidates.append((env.get("RANK"), env.get("WORLD_SIZE")))
-    candidates.append((env.get("SLURM_PROCID"), env.get("SLURM_NTASKS")))
-    r = next((c[0] for c in candidates if c[0] is not None), 0)
-    w = next((c[1] for c in candidates if c[1] is not None), 1)
-    try:
-        r, w = int(r), int(w)
-    except (TypeError, ValueError):
-        raise ConfigError(f"rank/world size must be integers (got {r!r}/{w!r})") from None
-    if w < 1 or not 0 <= r < w:
-        raise ConfigError(f"rank {r} is not in 0..{w - 1} (world size {w})")
-    return r, w
 
 
 def check_model(config: Config) -> None:
