@@ -87,7 +87,6 @@ class SourceConfig:
     limit: Optional[int] = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # merged with the top level
     filter: FilterConfig = field(default_factory=FilterConfig)  # merged with the top level
-    options: dict[str, Any] = field(default_factory=dict)  # format-specific (e.g. t2vid page font)
 
 
 @dataclass
