@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from . import timing
 from .config import Config, FilterConfig
 from .errors import SampleError
 from .media import decode_media, fit_plan, plan_media
@@ -34,18 +35,21 @@ class Pipeline:
         budget = self.budgets[record.source]
         try:
             if budget is not None:
-                budget.check_record(record)
+                with timing.stage("budget"):
+                    budget.check_record(record)
             plans = []
             for ref in record.media:
                 plan = plan_media(ref, src.sampling)
                 if self.model is not None and plan.kind != "image":
                     fit_plan(plan, self.model.frame_count_rule(plan.num_frames))
                 plans.append(plan)
-            tokens = budget.check_plans(record, plans) if budget is not None else None
+            with timing.stage("budget"):
+                tokens = budget.check_plans(record, plans) if budget is not None else None
             clips = [decode_media(plan, src.sampling) for plan in plans]
             sample = Sample(key=record.key, source=record.source, record=record, clips=clips)
             if budget is not None:
-                sample = budget.finalize(sample, plans, tokens)
+                with timing.stage("budget"):
+                    sample = budget.finalize(sample, plans, tokens)
             return sample
         except SampleError as exc:
             raise exc.with_context(key=record.key)

@@ -8,7 +8,7 @@ from conftest import requires_ffmpeg
 from mmstream.config import ResizeConfig, SamplingConfig
 from mmstream.errors import SampleError
 from mmstream.media import decode_media, plan_media
-from mmstream.media.backends.pyav import seek_plan
+from mmstream.media.backends.pyav import MIN_SEEK_GAP, seek_plan
 from mmstream.media.probe import probe_video
 from mmstream.media.sampling import cap_indices, fps_sample_indices, resize_to, t2vid_indices, uniform_indices
 from mmstream.synth import encode_counter_video, ffmpeg_fps_indices, make_frame_folder, read_counter
@@ -134,19 +134,81 @@ def test_both_decoders_return_the_same_frames(clips):
         assert np.abs(a.frames.astype(int) - b.frames.astype(int)).mean() < 3
 
 
-def test_seek_plan_matches_sequential_plan(clips):
-    """Sparse and dense targets, short and long GOP, B-frames: seeking returns the same frames."""
-    for name in ("h264_bframes_25fps", "hevc_long_gop", "h264_29.97fps"):
-        info = probe_video(clips[name])
-        for targets in ([3, 120, 121, 299], list(range(0, info.num_frames, 7)), [info.num_frames - 1]):
-            targets = [t for t in targets if t < info.num_frames]
-            from mmstream.media.backends.pyav import PyAVBackend
+# Seek plan vs a forced-sequential read: short GOP, long GOP, B-frames, H.264 and HEVC
+# (x265 makes open GOPs), and HEVC with temporal sub-layers (where non-reference
+# skipping must stay off).
+SEEK_CLIPS = {
+    "h264_short_gop_bframes": dict(num_frames=200, fps="25", codec="libx264", gop=10, bframes=3),
+    "h264_long_gop_bframes": dict(num_frames=310, fps="25", codec="libx264", gop=250, bframes=3),
+    "h264_no_bframes": dict(num_frames=120, fps="25", codec="libx264", gop=30, bframes=0),
+    "hevc_short_gop_bframes": dict(num_frames=200, fps="25", codec="libx265", gop=12, bframes=3),
+    "hevc_long_gop": dict(num_frames=310, fps="25", codec="libx265", gop=250, bframes=4),
+    "hevc_temporal_layers": dict(num_frames=120, fps="25", codec="libx265", options={
+        "x265-params": "log-level=error:keyint=40:min-keyint=25:scenecut=0:bframes=3:b-adapt=0:temporal-layers=3"}),
+}
 
-            got = PyAVBackend().read(clips[name], info, targets, (160, 120))
+
+@pytest.fixture(scope="module")
+def seek_clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seek_clips")
+    return {name: encode_counter_video(root / f"{name}.mp4", size=(96, 64), **kw) for name, kw in SEEK_CLIPS.items()}
+
+
+def target_sets(n):
+    """Dense (every frame, every 2nd, 1 fps at 25 fps) and sparse (T2Vid-like spread, a
+    single frame, the last frame, pairs straddling key frames) targets."""
+    sets = [list(range(n)), list(range(0, n, 2)), list(range(12, n, 25)), [n - 1], [0], [5, 6],
+            sorted({round(i * (n - 1) / 7) for i in range(8)}), [3, 120, 121, n - 2]]
+    return [[t for t in s if t < n] for s in sets]
+
+
+@pytest.mark.parametrize("name", list(SEEK_CLIPS))
+def test_seek_plan_returns_exactly_the_frames_of_the_sequential_plan(seek_clips, name):
+    from mmstream.media.backends.pyav import PyAVBackend
+
+    path = seek_clips[name]
+    info = probe_video(path)
+    fast, plain = PyAVBackend(), PyAVBackend(seek=False, skip_nonref=False)
+    for targets in target_sets(info.num_frames):
+        ref = plain.read(path, info, targets, (96, 64))
+        for threads in (1, 2):  # 2: frame threads, where the skip setting travels with each packet
+            got = fast.read(path, info, targets, (96, 64), threads)
+            assert sorted(got) == targets
             assert [read_counter(got[t]) for t in targets] == targets
-    info = probe_video(clips["h264_bframes_25fps"])  # gop 50
+            for t in targets:
+                assert np.array_equal(got[t], ref[t]), f"{name}: frame {t} differs from the sequential read"
+
+
+def test_seek_plan_never_seeks_backwards(seek_clips):
+    for name in ("h264_short_gop_bframes", "hevc_long_gop"):
+        info = probe_video(seek_clips[name])
+        for targets in target_sets(info.num_frames):
+            runs = seek_plan(info, targets)
+            assert [p for _, run in runs for p in run] == targets  # every target once, in order
+            for (key, run), (_, prev) in zip(runs[1:], runs):
+                assert key is not None and key > info.pts[prev[-1] + MIN_SEEK_GAP]  # forward, well past the last target
+            assert seek_plan(info, targets, seek=False) == [(None, targets)]
+    short = probe_video(seek_clips["h264_short_gop_bframes"])  # key frame every 10 frames
+    assert len(seek_plan(short, list(range(200)))) == 1  # dense targets: one forward pass, no seek
+    assert len(seek_plan(short, list(range(0, 200, 12)))) == 1  # key frames close behind: no seek
+    assert [k for k, _ in seek_plan(short, [5, 150, 163, 199])] == [None, short.pts[150], short.pts[190]]
+
+
+def test_seek_plan_groups_by_key_frame(clips):
+    info = probe_video(clips["h264_bframes_25fps"])  # key frame every 50 frames (25 fps: 2 s)
     runs = seek_plan(info, [3, 120, 121, 299])
-    assert [r for _, r in runs] == [[3], [120, 121], [299]] and [s for s, _ in runs] == [False, True, True]
+    assert [r for _, r in runs] == [[3], [120, 121], [299]]
+    assert [k for k, _ in runs] == [None, info.pts[100], info.pts[250]]
+    assert seek_plan(info, [60]) == [(info.pts[50], [60])]  # the first run seeks too when it skips
+
+
+def test_nonref_skipping_only_where_it_is_exact(seek_clips):
+    from mmstream.media.backends.pyav import can_skip_nonref
+
+    assert can_skip_nonref(probe_video(seek_clips["h264_long_gop_bframes"]))
+    assert can_skip_nonref(probe_video(seek_clips["hevc_long_gop"]))
+    layered = probe_video(seek_clips["hevc_temporal_layers"])
+    assert layered.temporal_layers > 1 and not can_skip_nonref(layered)
 
 
 @requires_ffmpeg

@@ -17,7 +17,7 @@ from .. import timing
 from ..config import SamplingConfig
 from ..errors import DECODE_ERROR, NO_FRAMES, SampleError
 from ..types import Clip, MediaPlan, MediaRef
-from .backends import get_backend
+from .backends import get_backend, resolve_threads
 from .probe import probe_video
 from .resolve import list_frames, resolve
 from .sampling import as_fraction, cap_indices, fps_sample_indices, resize_to
@@ -179,7 +179,8 @@ def _decode_media(plan: MediaPlan, sampling: SamplingConfig) -> Clip:
         info = plan.info["probe"]
         positions = sorted(set(plan.indices))
         backend = get_backend(sampling.decoder)
-        got = backend.read(plan.path, info, positions, size, sampling.decoder_threads, sampling.salvage)
+        threads = resolve_threads(sampling.decoder_threads)
+        got = backend.read(plan.path, info, positions, size, threads, sampling.salvage)
         if sampling.salvage and len(got) < len(positions):
             plan.indices = [i for i in plan.indices if i in got]
             plan.timestamps = [info.seconds(i) for i in plan.indices]

@@ -22,6 +22,7 @@ class VideoInfo:
     rotation: int  # display-matrix angle (counter-clockwise degrees: 0, 90, 180, 270)
     last_duration: Optional[int]  # duration of the last frame in time_base units, when known
     codec: str
+    temporal_layers: int = 1  # HEVC temporal sub-layers seen in the NAL headers (1 for other codecs)
 
     @property
     def num_frames(self) -> int:
@@ -29,6 +30,13 @@ class VideoInfo:
 
     def seconds(self, index: int) -> float:
         return float(self.pts[index] * self.time_base)
+
+    @property
+    def duration_seconds(self) -> float:
+        """Span of the stream: last pts + the last frame's duration - first pts."""
+        last = self.last_duration if self.last_duration is not None else (
+            self.pts[-1] - self.pts[-2] if len(self.pts) > 1 else 0)
+        return float((self.pts[-1] + last - self.pts[0]) * self.time_base)
 
 
 def apply_rotation(frame, rotation: int):
@@ -43,6 +51,24 @@ def apply_rotation(frame, rotation: int):
     return np.ascontiguousarray(np.rot90(frame, quarter)) if quarter else frame
 
 
+def _nal_length_size(extradata: Optional[bytes]) -> int:
+    """NAL length-prefix size of an ``hvcC`` record, 0 for Annex B (start codes)."""
+    if extradata and len(extradata) > 22 and extradata[0] == 1:
+        return (extradata[21] & 3) + 1
+    return 0
+
+
+def _hevc_temporal_id(data: memoryview, length_size: int) -> int:
+    """TemporalId of the first NAL unit of an HEVC packet (0 when it cannot be read)."""
+    if length_size:
+        head = length_size
+    else:  # Annex B: skip the start code
+        head = 4 if bytes(data[:4]) == b"\0\0\0\1" else 3
+    if len(data) < head + 2:
+        return 0
+    return max((data[head + 1] & 7) - 1, 0)
+
+
 def probe_video(path: str) -> VideoInfo:
     """Read every packet header of the first video stream (no decoding).
 
@@ -54,6 +80,10 @@ def probe_video(path: str) -> VideoInfo:
             if not container.streams.video:
                 raise SampleError(NO_FRAMES, "no video stream", path=path)
             stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # one frame is decoded, for its rotation
+            hevc = stream.codec_context.name == "hevc"
+            length_size = _nal_length_size(stream.codec_context.extradata) if hevc else 0
+            max_tid = 0
             pts, keys = [], []
             last_duration = None
             missing_pts = False
@@ -65,6 +95,8 @@ def probe_video(path: str) -> VideoInfo:
                     missing_pts = True
                     continue
                 pts.append(packet.pts)
+                if hevc:
+                    max_tid = max(max_tid, _hevc_temporal_id(memoryview(packet), length_size))
                 if rotation is None:  # the display matrix rides on decoded frames
                     for frame in packet.decode():
                         rotation = int(frame.rotation or 0) % 360
@@ -95,4 +127,5 @@ def probe_video(path: str) -> VideoInfo:
     if rotation in (90, 270):
         width, height = height, width
     return VideoInfo(pts=pts, keyframes=keys or [pts[0]], time_base=time_base, width=width,
-                     height=height, rotation=rotation, last_duration=last_duration, codec=codec)
+                     height=height, rotation=rotation, last_duration=last_duration, codec=codec,
+                     temporal_layers=max_tid + 1)

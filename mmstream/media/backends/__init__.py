@@ -6,12 +6,38 @@ where decord returned wrong frames on long-GOP HEVC (REFERENCE section 8).
 """
 from __future__ import annotations
 
+import os
+import sys
 from functools import lru_cache
 
 from ...errors import ConfigError
 from .base import Backend
 
 AUTO_ORDER = ("pyav", "decord")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_threads(requested: int) -> int:
+    """Decoder threads for one video in this process. ``requested`` > 0 is taken as is;
+    0 (auto) shares the cores among the DataLoader workers: cores // workers, at least 1,
+    so that workers x threads never oversubscribes the machine (in the main process,
+    all cores)."""
+    if requested > 0:
+        return requested
+    workers = 1
+    data = sys.modules.get("torch.utils.data")  # a DataLoader worker has imported it
+    if data is not None:
+        info = data.get_worker_info()
+        if info is not None:
+            workers = info.num_workers
+    return max(1, available_cores() // max(1, workers))
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,95 @@
+"""Per-process stage timer: where a worker's time goes (``mmstream bench`` turns it on).
+
+    from mmstream import timing
+    timing.enable()
+    with timing.stage("decode"):
+        ...
+        with timing.stage("convert"):   # nested: its time is not counted in "decode"
+            ...
+    timing.snapshot()   # {"stages": {"decode": s, "convert": s}, "counts": {...}}
+
+Times are exclusive (self time): a stage nested in another is charged to itself only,
+so the stages of one process add up to the time spent inside any stage. Off by
+default; while off, ``stage()`` returns a shared no-op context and costs a function
+call. State is per process (each DataLoader worker has its own).
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+#: The stages ``mmstream bench`` reports, in pipeline order.
+STAGES = ("read", "probe", "decode", "convert", "budget", "write")
+
+_enabled = False
+_totals: defaultdict = defaultdict(float)
+_counts: defaultdict = defaultdict(float)
+_stack: list[str] = []
+_last = 0.0
+
+
+class _Null:
+    __slots__ = ()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL = _Null()
+
+
+class _Stage:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        global _last
+        now = time.perf_counter()
+        if _stack:
+            _totals[_stack[-1]] += now - _last
+        _stack.append(self.name)
+        _last = now
+        return self
+
+    def __exit__(self, *exc):
+        global _last
+        now = time.perf_counter()
+        _totals[_stack.pop()] += now - _last
+        _last = now
+        return False
+
+
+def stage(name: str):
+    """Context manager charging the time inside it (minus nested stages) to ``name``."""
+    return _Stage(name) if _enabled else _NULL
+
+
+def count(name: str, value: float = 1) -> None:
+    """Add ``value`` to counter ``name`` (e.g. decoded video seconds), when enabled."""
+    if _enabled:
+        _counts[name] += value
+
+
+def enable(on: bool = True) -> None:
+    global _enabled
+    _enabled = bool(on)
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def reset() -> None:
+    _totals.clear()
+    _counts.clear()
+    _stack.clear()
+
+
+def snapshot() -> dict:
+    """``{"stages": {name: seconds}, "counts": {name: value}}`` of this process so far."""
+    return {"stages": dict(_totals), "counts": dict(_counts)}
