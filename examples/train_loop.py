@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchdata.stateful_dataloader import StatefulDataLoader

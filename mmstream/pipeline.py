@@ -5,8 +5,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional
 
 from . import timing
 from .config import Config, FilterConfig

@@ -213,7 +213,7 @@ def test_nonref_skipping_only_where_it_is_exact(seek_clips):
 
 @requires_ffmpeg
 def test_frame_folder_with_fps_sidecar(tmp_path):
-    folder = make_frame_folder(tmp_path / "vid", num_frames=310, fps="25", size=(96, 64))
+    make_frame_folder(tmp_path / "vid", num_frames=310, fps="25", size=(96, 64))
     s = SamplingConfig(fps=1.0, max_frames=None, strategy="none")
     plan = plan_media(MediaRef("video", "vid.mp4", root=str(tmp_path)), s)  # the folder stands in for vid.mp4
     clip = decode_media(plan, s)

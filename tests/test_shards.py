@@ -208,7 +208,7 @@ def test_a_shard_renamed_but_not_recorded_is_redone(tmp_path):
     lost = m.shards.pop()  # as if the manifest write after this shard never happened
     m.complete = False
     m.save()
-    (tmp_path / f"minicpmv-000009.tar.tmp-12345").write_bytes(b"partial")  # a dead run's temp file
+    (tmp_path / "minicpmv-000009.tar.tmp-12345").write_bytes(b"partial")  # a dead run's temp file
     s = _cache(tmp_path, items)
     assert s["kept_this_run"] == lost["count"]
     assert visible_shards(tmp_path) == ["minicpmv-000000.tar", "minicpmv-000001.tar", "minicpmv-000002.tar"]
