@@ -3,6 +3,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from torch.utils.data import IterableDataset
 
 from conftest import requires_ffmpeg
 from mmstream.config import ResizeConfig, SamplingConfig
@@ -209,6 +210,36 @@ def test_nonref_skipping_only_where_it_is_exact(seek_clips):
     assert can_skip_nonref(probe_video(seek_clips["hevc_long_gop"]))
     layered = probe_video(seek_clips["hevc_temporal_layers"])
     assert layered.temporal_layers > 1 and not can_skip_nonref(layered)
+
+
+class _ClipStream(IterableDataset):
+    """Decodes one video in a DataLoader worker and yields the clip."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __iter__(self):
+        yield sample(self.path, "pyav", 1.0)[1]
+
+
+@pytest.mark.parametrize("shared", ["1", "0"])
+def test_clips_cross_from_a_dataloader_worker_intact(clips, monkeypatch, shared):
+    """In a worker the clip is built in shared memory and arrives as a plain writable array
+    mapping it (no copy through the pipe); with MMSTREAM_SHARED_FRAMES=0 it is pickled."""
+    from torch.utils.data import DataLoader
+
+    from mmstream.media import shared as shm
+
+    monkeypatch.setenv(shm.ENV, shared)
+    path = clips["h264_bframes_25fps"]
+    expected = sample(path, "pyav", 1.0)[1].frames
+    assert type(expected.base).__module__ != "torch"  # not in a worker: ordinary memory
+    (got,) = list(DataLoader(_ClipStream(path), batch_size=None, num_workers=1, collate_fn=lambda x: x))
+    assert isinstance(got.frames, np.ndarray) and got.frames.flags.writeable
+    assert np.array_equal(got.frames, expected)
+    is_shared = type(got.frames.base).__module__ == "torch"
+    assert is_shared == (shared == "1" and shm._shm_has_room(expected.nbytes))
+    got.frames[0, 0, 0] = 7  # writable like any array
 
 
 @requires_ffmpeg

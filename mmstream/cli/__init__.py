@@ -10,7 +10,7 @@ import sys
 from ..errors import MmstreamError
 
 # subcommand modules, in --help order
-COMMANDS = ["inspect", "cache", "finalize", "verify"]
+COMMANDS = ["inspect", "cache", "finalize", "verify", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from .backends import get_backend, resolve_threads
 from .probe import probe_video
 from .resolve import list_frames, resolve
 from .sampling import as_fraction, cap_indices, fps_sample_indices, resize_to
+from .shared import frames_buffer
 
 __all__ = ["plan_media", "decode_media", "fit_plan"]
 
@@ -146,9 +147,11 @@ def _load_image(path: str, size: tuple[int, int]) -> np.ndarray:
 
 def _stack(got: dict[int, np.ndarray], indices: list[int]) -> np.ndarray:
     """``[got[i] for i in indices]`` as one array, freeing each decoded frame after its last
-    use, so the clip is held once rather than twice while it is assembled."""
+    use, so the clip is held once rather than twice while it is assembled. In a DataLoader
+    worker the array is in shared memory (:mod:`.shared`): it reaches the training process
+    without a copy."""
     first = got[indices[0]]
-    frames = np.empty((len(indices),) + first.shape, first.dtype)
+    frames = frames_buffer((len(indices),) + first.shape, first.dtype)
     last_use = {i: k for k, i in enumerate(indices)}
     for k, i in enumerate(indices):
         frames[k] = got[i]

@@ -150,6 +150,7 @@ class PyAVBackend(Backend):
             if skip is not None:
                 skip.before(packet)
             for frame in packet.decode():
+                timing.count("decoded_frames")
                 if frame.pts is None:
                     continue
                 if first and strict_start and frame.pts > info.pts[run[0]]:

@@ -1,0 +1,86 @@
+"""Smoke test of `mmstream bench` and the baseline scripts on tiny clips: every JSON
+field is there and the numbers are sane. No timing is asserted (benchmarks/ measures)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import requires_ffmpeg
+from mmstream.benchmark import RESULT_FIELDS, plot_lines
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def quick_data(tmp_path_factory):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import make_data
+    finally:
+        sys.path.pop(0)
+    out = tmp_path_factory.mktemp("bench")
+    manifest = make_data.build(str(out), quick=True, verbose=False)
+    return out, manifest
+
+
+def run_json(*args):
+    res = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout)
+
+
+def check_result(r, samples):
+    assert set(RESULT_FIELDS) <= set(r)
+    assert r["samples"] == samples and r["frames"] >= samples and r["dropped"] == 0
+    assert r["wall_s"] > 0 and r["samples_per_s"] > 0 and r["frames_per_s"] > 0
+    assert r["video_seconds"] > 0 and r["video_s_per_s"] > 0
+    assert r["samples_per_s"] == pytest.approx(r["samples"] / r["wall_s"], rel=0.01)
+    assert all(v >= 0 for v in r["stages_s"].values()) and set(r["stages_s"]) >= {"read", "decode", "write"}
+    assert r["peak_rss_mb"] and all(100 < p < 4000 for p in r["peak_rss_mb"])
+    assert r["cpu_s"] > 0
+
+
+@requires_ffmpeg
+def test_mmstream_bench_json_fields(quick_data):
+    out, manifest = quick_data
+    r = run_json("-m", "mmstream.cli", "bench", str(out / "epoch.yaml"), "--workers", "1", "--samples", "3", "--json")
+    check_result(r, 3)
+    assert r["name"] == "stream" and r["workers"] == 1 and r["bytes_written"] == 0
+    assert r["stages_s"]["decode"] > 0 and r["stages_s"]["probe"] > 0 and r["stages_s"]["convert"] > 0
+    assert len(r["peak_rss_mb"]) == 1 and r["peak_rss_mb"][0] >= r["start_rss_mb"][0]
+    assert r["decoder"] == "auto(pyav)" and "cpu" in r["machine"]
+
+
+@requires_ffmpeg
+def test_baselines_print_the_same_fields(quick_data):
+    out, manifest = quick_data
+    n = manifest["records"]["epoch"]
+    for script in ("decode_only.py", "per_sample_full_read.py"):
+        r = run_json(os.path.join("benchmarks", script), str(out / "epoch.yaml"), "--workers", "1", "--json")
+        check_result(r, n)
+    r = run_json(os.path.join("benchmarks", "extract_then_load.py"), str(out / "epoch.yaml"), "--workers", "1", "--json")
+    check_result(r, n)
+    assert r["bytes_written"] > 0 and r["pngs_written"] > 0
+    assert set(r["phases_s"]) == {"extract", "reformat", "load_epoch"}
+
+
+@requires_ffmpeg
+def test_sparse_seek_and_sequential_plans_agree(quick_data):
+    out, manifest = quick_data
+    clip = next(n for n, c in manifest["clips"].items() if "sparse" in c["roles"])
+    args = [os.path.join("benchmarks", "decode_only.py"), "-", "--video", str(out / "videos" / clip),
+            "--max-frames", "24", "--json"]
+    seek, seq = run_json(*args), run_json(*args, "--plan", "sequential")
+    assert seek["frames"] == seq["frames"] == 24
+    assert seek["frames_sha1"] == seq["frames_sha1"] and seek["source_indices"] == seq["source_indices"]
+
+
+def test_plot_is_a_png(tmp_path):
+    from PIL import Image
+
+    path = plot_lines(str(tmp_path / "p.png"), {"a": [(1, 1.0), (2, 1.9)], "b": [(1, 1.2), (2, 2.2)]},
+                      title="t", hlines={"c": 0.5})
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == (900, 560)
