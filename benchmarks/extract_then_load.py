@@ -88,7 +88,9 @@ def run(args) -> dict:
     from torch.utils.data import DataLoader
 
     items = video_items(args.config)
-    work = args.out or tempfile.mkdtemp(prefix="extract-", dir=os.path.join(ROOT, "build"))
+    scratch = os.path.join(ROOT, "build")
+    os.makedirs(scratch, exist_ok=True)  # a fresh clone has no build/ yet
+    work = args.out or tempfile.mkdtemp(prefix="extract-", dir=scratch)
     os.makedirs(work, exist_ok=True)
     videos = sorted({it.path for it in items})
     folder = {v: os.path.join(work, "frames", f"{i:05d}_" + os.path.splitext(os.path.basename(v))[0])
