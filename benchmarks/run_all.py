@@ -206,8 +206,10 @@ def epoch_section(data: str, workers: int, repeat: int) -> dict:
     for i in range(repeat):
         for key, cmd in cmds.items():
             log(f"epoch, round {i + 1}/{repeat}: {key[0]}, {key[1]} workers")
+            load = Background()
             r = run_json(cmd)
             r.pop("machine", None)
+            r["other_cpu_share"] = load.result()["other_share"]
             runs[key].append(r)
     out: dict = {"stream": {}, "decode_only": {}, "decode_only_static": {}, "full_read": {}, "extract_then_load": {},
                  "commands": {}}
@@ -352,8 +354,9 @@ def write_markdown(res: dict, path: str) -> None:
           f"{res['data']['records']['epoch']} records, {res['data']['epoch_videos']} videos "
           f"({res['data']['epoch_video_seconds']:.0f} s of video: {describe(res['data']['clips'])}), "
           "T2Vid sampling (1 fps, at most 24 frames), one record per video.", "",
-          "| what | workers | wall s | samples/s | frames/s | video-s/s | CPU s | peak RSS/worker MB | written |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "| what | workers | wall s | samples/s | frames/s | video-s/s | CPU s | peak RSS/worker MB | written | "
+          "wall s of each run (other processes' CPU share) |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("mmstream stream", r) for r in ep["stream"].values()] + \
            [("decode-only bound", r) for r in ep["decode_only"].values()] + \
            [("decode-only, the stream's static split", r) for r in ep["decode_only_static"].values()] + \
@@ -363,7 +366,9 @@ def write_markdown(res: dict, path: str) -> None:
         L.append(f"| {name} | {r['workers']} | {r['wall_s']:.1f} | {r['samples_per_s']:.3f} | "
                  f"{r['frames_per_s']:.1f} | {r['video_s_per_s']:.1f} | {r['cpu_s']:.1f} | "
                  f"{', '.join(f'{p:.0f}' for p in r['peak_rss_mb'])} | "
-                 f"{r['bytes_written'] / 1e9:.2f} GB |")
+                 f"{r['bytes_written'] / 1e9:.2f} GB | "
+                 + ", ".join(f"{x['wall_s']:.1f} ({100 * (x.get('other_cpu_share') or 0):.0f}%)"
+                             for x in r.get("runs", [r])) + " |")
     st = ep["stream"][w]["stages_s"]
     L += ["", f"Stream stage times ({w} workers, seconds summed over workers): "
           + ", ".join(f"{k} {v:.2f}" for k, v in st.items())

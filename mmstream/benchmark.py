@@ -285,7 +285,8 @@ def median_result(runs: Sequence[dict]) -> dict:
             n = max(len(v) for v in values)
             out[key] = [statistics.median(v[i] for v in values if i < len(v)) for i in range(n)]
     out["repeat"] = len(runs)
-    out["runs"] = [{k: r.get(k) for k in ("wall_s", "samples_per_s", "peak_rss_mb_max", "cpu_s")} for r in runs]
+    out["runs"] = [{k: r.get(k) for k in ("wall_s", "samples_per_s", "peak_rss_mb_max", "cpu_s", "other_cpu_share")
+                    if k in r} for r in runs]
     return out
 
 
