@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import ROOT, main, parser, video_items  # noqa: E402
 
+from mmstream.cli.common import identity  # noqa: E402
 from mmstream.benchmark import cpu_seconds, make_result, peak_rss_mb, proc_status_mb  # noqa: E402
 from mmstream.media.sampling import cap_indices  # noqa: E402
 
@@ -76,10 +77,6 @@ class PngDataset:
                 "worker": info.id if info is not None else 0, "peak": peak_rss_mb(), "start": self.start_rss}
 
 
-def _identity(x):
-    return x
-
-
 def _tree_bytes(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
 
@@ -115,7 +112,7 @@ def run(args) -> dict:
         # 3. one epoch of loading
         kwargs = {"prefetch_factor": 2} if args.workers > 0 else {}
         loader = DataLoader(PngDataset(records), batch_size=None, num_workers=args.workers,
-                            collate_fn=_identity, **kwargs)
+                            collate_fn=identity, **kwargs)
         t_load0 = time.perf_counter()
         first = None
         n = frames = 0

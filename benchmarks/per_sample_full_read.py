@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import main, parser, video_items  # noqa: E402
 
+from mmstream.cli.common import identity  # noqa: E402
 from mmstream.benchmark import cpu_seconds, make_result, peak_rss_mb, proc_status_mb  # noqa: E402
 
 
@@ -54,16 +55,12 @@ class FullReadDataset:
                 "worker": info.id if info is not None else 0, "peak": peak_rss_mb(), "start": self.start_rss}
 
 
-def _identity(x):
-    return x
-
-
 def run(args) -> dict:
     from torch.utils.data import DataLoader
 
     items = video_items(args.config)
     kwargs = {"prefetch_factor": 2} if args.workers > 0 else {}
-    loader = DataLoader(FullReadDataset(items), batch_size=None, num_workers=args.workers, collate_fn=_identity,
+    loader = DataLoader(FullReadDataset(items), batch_size=None, num_workers=args.workers, collate_fn=identity,
                         **kwargs)
     cpu0 = cpu_seconds()
     t0 = time.perf_counter()
