@@ -45,7 +45,7 @@ class SamplingConfig:
     max_frames: Optional[int] = 24  # cap after fps sampling; null: no cap
     strategy: str = "t2vid"  # how to cap: t2vid | uniform | none
     decoder: str = "auto"  # auto | pyav | decord
-    decoder_threads: int = 1  # per DataLoader worker; more workers use cores better
+    decoder_threads: int = 1  # per DataLoader worker (0: the cores shared among the workers); more workers use cores better
     resize: ResizeConfig = field(default_factory=ResizeConfig)
     frame_folder_fps: Optional[float] = None  # rate of frame folders with no sidecar; null: frames are already sampled
     salvage: bool = False  # keep the decodable prefix of a damaged video (like the ffmpeg CLI)
@@ -258,4 +258,4 @@ def _check_sampling(s: SamplingConfig, where: str) -> None:
     if s.decoder not in DECODERS:
         raise ConfigError(f"{where}.decoder: {s.decoder!r} is not one of {DECODERS}")
     if s.decoder_threads < 0:
-        raise ConfigError(f"{where}.decoder_threads: must be >= 0 (0 lets the decoder choose)")
+        raise ConfigError(f"{where}.decoder_threads: must be >= 0 (0: the cores shared among the DataLoader workers)")
