@@ -16,8 +16,42 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from mmstream.benchmark import machine_info, median_result  # noqa: E402
+from mmstream.benchmark import machine_info, median_result, peak_rss_mb, proc_status_mb  # noqa: E402
 from mmstream.config import SamplingConfig, load_config  # noqa: E402
+
+
+class MeasuredDataset:
+    """Map-style dataset whose items say which worker made them and its memory.
+
+    A subclass imports its reader in :meth:`setup` (run once per process, before the
+    starting RSS is read) and builds an item from ``self.items[i]`` in :meth:`load`;
+    every item then gains ``worker``, ``peak`` (peak RSS, MB) and ``start`` (RSS before
+    the first item, MB).
+    """
+
+    def __init__(self, items):
+        self.items = items
+        self.start_rss = None
+
+    def __len__(self):
+        return len(self.items)
+
+    def setup(self) -> None:
+        """Imports the reader needs (counted in the starting RSS)."""
+
+    def load(self, item) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, i):
+        from torch.utils.data import get_worker_info
+
+        self.setup()
+        if self.start_rss is None:
+            self.start_rss = proc_status_mb("VmRSS")
+        out = self.load(self.items[i])
+        info = get_worker_info()
+        out.update(worker=info.id if info is not None else 0, peak=peak_rss_mb(), start=self.start_rss)
+        return out
 
 
 @dataclass

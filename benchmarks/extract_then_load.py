@@ -28,10 +28,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import ROOT, main, parser, video_items  # noqa: E402
+from _common import ROOT, MeasuredDataset, main, parser, video_items  # noqa: E402
 
 from mmstream.cli.common import identity  # noqa: E402
-from mmstream.benchmark import cpu_seconds, make_result, peak_rss_mb, proc_status_mb  # noqa: E402
+from mmstream.benchmark import cpu_seconds, make_result  # noqa: E402
 from mmstream.media.sampling import cap_indices  # noqa: E402
 
 
@@ -53,28 +53,21 @@ def minicpmv_record(item, frame_paths: list[str]) -> dict:
     return {"id": item.key, "image": dict(zip(tags, frame_paths)), "conversations": conv}
 
 
-class PngDataset:
-    def __init__(self, records):
-        self.records = records
-        self.start_rss = None
+class PngDataset(MeasuredDataset):
+    """The extracted PNGs of one MiniCPM-V record per item, loaded with PIL."""
 
-    def __len__(self):
-        return len(self.records)
+    def setup(self) -> None:
+        from PIL import Image  # noqa: F401
 
-    def __getitem__(self, i):
+    def load(self, record) -> dict:
         from PIL import Image
-        from torch.utils.data import get_worker_info
 
-        if self.start_rss is None:
-            self.start_rss = proc_status_mb("VmRSS")
         t0 = time.perf_counter()
         frames = []
-        for path in self.records[i]["image"].values():
+        for path in record["image"].values():
             with Image.open(path) as im:
                 frames.append(np.asarray(im.convert("RGB")))
-        info = get_worker_info()
-        return {"frames": np.stack(frames), "load_s": time.perf_counter() - t0,
-                "worker": info.id if info is not None else 0, "peak": peak_rss_mb(), "start": self.start_rss}
+        return {"frames": np.stack(frames), "load_s": time.perf_counter() - t0}
 
 
 def _tree_bytes(folder: str) -> int:

@@ -19,27 +19,21 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import main, parser, video_items  # noqa: E402
+from _common import MeasuredDataset, main, parser, video_items  # noqa: E402
 
 from mmstream.cli.common import identity  # noqa: E402
-from mmstream.benchmark import cpu_seconds, make_result, peak_rss_mb, proc_status_mb  # noqa: E402
+from mmstream.benchmark import cpu_seconds, make_result  # noqa: E402
 
 
-class FullReadDataset:
-    def __init__(self, items):
-        self.items = items
-        self.start_rss = None
+class FullReadDataset(MeasuredDataset):
+    """One video per item: decord opens it and reads the evenly spaced indices with get_batch."""
 
-    def __len__(self):
-        return len(self.items)
+    def setup(self) -> None:
+        import decord  # noqa: F401
 
-    def __getitem__(self, i):
+    def load(self, item) -> dict:
         import decord
-        from torch.utils.data import get_worker_info
 
-        if self.start_rss is None:
-            self.start_rss = proc_status_mb("VmRSS")
-        item = self.items[i]
         t0 = time.perf_counter()
         vr = decord.VideoReader(item.path, ctx=decord.cpu(0), num_threads=1)
         total, fps = len(vr), vr.get_avg_fps()
@@ -50,9 +44,7 @@ class FullReadDataset:
         idx = np.linspace(0, total - 1, k).round().astype(int).tolist()
         frames = vr.get_batch(idx).asnumpy()
         del vr
-        info = get_worker_info()
-        return {"key": item.key, "frames": frames, "seconds": seconds, "decode_s": time.perf_counter() - t0,
-                "worker": info.id if info is not None else 0, "peak": peak_rss_mb(), "start": self.start_rss}
+        return {"key": item.key, "frames": frames, "seconds": seconds, "decode_s": time.perf_counter() - t0}
 
 
 def run(args) -> dict:
