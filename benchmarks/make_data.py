@@ -110,7 +110,7 @@ sources:
   - {{name: {name}, format: llava, annotations: annotations/{name}.jsonl, media_root: .}}
 sampling: {{fps: 1.0, max_frames: 24, strategy: t2vid, decoder: {decoder}}}
 filter: {{one_video_in_first_turn: true}}
-loader: {{seed: 0, shuffle_buffer: 1000}}
+loader: {{seed: 0, mix_buffer: 32, mix_buffer_mb: 512}}
 strict: false
 """
 

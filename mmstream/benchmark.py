@@ -53,6 +53,9 @@ RESULT_FIELDS = {
     "cpu_s": "CPU seconds (user + system) of this process and its workers",
     "main_cpu_s": "CPU seconds of the main (consuming) process alone",
     "bytes_written": "bytes the run wrote to disk (frames, shards)",
+    "decodes": "videos (media of a decode group) decoded in the run",
+    "records_per_decode": "kept records served per decode (records sharing a video share its decode)",
+    "mix_peak_mb": "peak frames held in each worker's mix buffer, MB",
 }
 
 MB = 1 << 20
@@ -98,6 +101,7 @@ class Measured:
     counts: dict = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     start_rss_mb: float = 0.0
+    peaks: dict = field(default_factory=dict)  # the worker's high-water marks so far (mix buffer)
 
 
 def _delta(now: dict, before: dict) -> dict:
@@ -105,18 +109,9 @@ def _delta(now: dict, before: dict) -> dict:
 
 
 class BenchDataset(StreamingDataset):
-    """StreamingDataset that times annotation reading and reports per item (as :class:`Measured`)."""
+    """StreamingDataset that reports stage times, counters and memory per item (as :class:`Measured`)."""
 
     encoder = None  # set for --write: encode in the worker, as ``mmstream cache`` does
-
-    def records(self):
-        it = super().records()
-        while True:
-            with timing.stage("read"):
-                item = next(it, None)
-            if item is None:
-                return
-            yield item
 
     def __iter__(self):
         info = get_worker_info()
@@ -133,7 +128,7 @@ class BenchDataset(StreamingDataset):
                         item = self.encoder(item)
                 snap = timing.snapshot()
                 yield Measured(item, worker, frames, _delta(snap["stages"], last["stages"]),
-                               _delta(snap["counts"], last["counts"]), peak_rss_mb(), start)
+                               _delta(snap["counts"], last["counts"]), peak_rss_mb(), start, snap["peaks"])
                 last = snap
         finally:
             timing.enable(False)
@@ -177,6 +172,7 @@ def run_once(config, workers: int = 0, *, samples: Optional[int] = None, seconds
     peaks: dict[int, float] = {}
     starts: dict[int, float] = {}
     busy: Counter = Counter()
+    mix_peaks: dict[int, float] = {}
     first = None
     cpu0, main0 = cpu_seconds(), main_cpu_seconds()
     t0 = time.perf_counter()
@@ -188,6 +184,7 @@ def run_once(config, workers: int = 0, *, samples: Optional[int] = None, seconds
                 first = now - t0
             stages.update(m.stages)
             counts.update(m.counts)
+            mix_peaks[m.worker] = max(mix_peaks.get(m.worker, 0.0), m.peaks.get("mix_peak_bytes", 0.0))
             busy[m.worker] += sum(m.stages.values())
             peaks[m.worker] = max(peaks.get(m.worker, 0.0), m.peak_rss_mb)
             starts.setdefault(m.worker, m.start_rss_mb)
@@ -220,7 +217,10 @@ def run_once(config, workers: int = 0, *, samples: Optional[int] = None, seconds
                        frames=frames, video_seconds=counts.get("video_seconds", 0.0), stages=stages,
                        peaks=[peaks[k] for k in sorted(peaks)], starts=[starts[k] for k in sorted(starts)],
                        busy=[busy[k] for k in sorted(busy)], cpu=cpu, main_cpu=main_cpu, bytes_written=written,
-                       extra={"decoder": _decoders(cfg), "decoder_threads": cfg.sampling.decoder_threads})
+                       decodes=counts.get("decodes", 0), decoded_records=counts.get("decoded_records", 0),
+                       mix_peak_mb=[mix_peaks[k] / MB for k in sorted(mix_peaks)],
+                       extra={"decoder": _decoders(cfg), "decoder_threads": cfg.sampling.decoder_threads,
+                              "mix_buffer": cfg.loader.mix_buffer, "mix_buffer_mb": cfg.loader.mix_buffer_mb})
 
 
 def _decoders(cfg) -> str:
@@ -234,7 +234,8 @@ def make_result(name: str, config: str, workers: int, *, wall: float, samples: i
                 video_seconds: float, first: Optional[float] = None, drops: Optional[dict] = None,
                 stages: Optional[dict] = None, peaks: Sequence[float] = (), starts: Sequence[float] = (),
                 busy: Sequence[float] = (), cpu: Optional[float] = None, main_cpu: Optional[float] = None,
-                bytes_written: int = 0, extra: Optional[dict] = None) -> dict:
+                bytes_written: int = 0, decodes: Optional[float] = None, decoded_records: Optional[float] = None,
+                mix_peak_mb: Sequence[float] = (), extra: Optional[dict] = None) -> dict:
     """A result with every field of :data:`RESULT_FIELDS` (the baselines build theirs here too)."""
     wall = max(wall, 1e-9)
     drops = dict(sorted((drops or {}).items()))
@@ -260,6 +261,9 @@ def make_result(name: str, config: str, workers: int, *, wall: float, samples: i
         "cpu_s": None if cpu is None else round(cpu, 3),
         "main_cpu_s": None if main_cpu is None else round(main_cpu, 3),
         "bytes_written": int(bytes_written),
+        "decodes": None if decodes is None else int(decodes),
+        "records_per_decode": round(decoded_records / decodes, 3) if decodes else None,
+        "mix_peak_mb": [round(p, 1) for p in mix_peak_mb],
     }
     out.update(extra or {})
     return out

@@ -92,8 +92,9 @@ class SourceConfig:
 @dataclass
 class LoaderConfig:
     seed: int = 0
-    shuffle: bool = True
-    shuffle_buffer: int = 1000  # bounded: at most this many records held
+    shuffle: bool = True  # shuffle the decode groups (and so the records) per (seed, epoch)
+    mix_buffer: int = 32  # decoded samples a worker holds to interleave groups (0: group by group)
+    mix_buffer_mb: Optional[float] = 512  # ...and at most this many MB of their frames (null: no bound)
     rank: Optional[int] = None  # default: torch.distributed, then RANK env
     world_size: Optional[int] = None  # default: torch.distributed, then WORLD_SIZE env
 
@@ -222,7 +223,7 @@ def _from_dict(data: dict) -> Config:
         sources=sources,
         sampling=_build(SamplingConfig, sampling, "sampling"),
         filter=_build(FilterConfig, filt, "filter"),
-        loader=_build(LoaderConfig, data.get("loader"), "loader"),
+        loader=_build(LoaderConfig, _loader_section(data.get("loader")), "loader"),
         model=_build(ModelConfig, data["model"], "model") if data.get("model") else None,
         output=_build(OutputConfig, data.get("output"), "output"),
         strict=bool(data.get("strict", False)),
@@ -233,9 +234,20 @@ def _from_dict(data: dict) -> Config:
         if os.path.exists(tok):  # a local folder next to the config; otherwise a hub name
             cfg.model.tokenizer = tok
     _check_sampling(cfg.sampling, "sampling")
-    if cfg.loader.shuffle_buffer < 1:
-        raise ConfigError("loader.shuffle_buffer: must be >= 1")
+    loader = cfg.loader
+    if not isinstance(loader.mix_buffer, int) or isinstance(loader.mix_buffer, bool) or loader.mix_buffer < 0:
+        raise ConfigError(f"loader.mix_buffer: must be an integer >= 0 (got {loader.mix_buffer!r})")
+    if loader.mix_buffer_mb is not None and not (isinstance(loader.mix_buffer_mb, (int, float))
+                                                 and loader.mix_buffer_mb > 0):
+        raise ConfigError(f"loader.mix_buffer_mb: must be a number > 0 or null (got {loader.mix_buffer_mb!r})")
     return cfg
+
+
+def _loader_section(section: Any) -> Any:
+    if isinstance(section, dict) and "shuffle_buffer" in section:
+        raise ConfigError("loader.shuffle_buffer: no longer used: records are shuffled by decode group "
+                          "(loader.shuffle), and loader.mix_buffer interleaves decoded samples; remove it")
+    return section
 
 
 def _asdict(section: Any) -> dict:
@@ -255,7 +267,7 @@ def _check_sampling(s: SamplingConfig, where: str) -> None:
         raise ConfigError(f"{where}.max_frames: must be >= 1 or null")
     if s.strategy not in STRATEGIES:
         raise ConfigError(f"{where}.strategy: {s.strategy!r} is not one of {STRATEGIES}")
-    if s.decoder not in DECODERS:
-        raise ConfigError(f"{where}.decoder: {s.decoder!r} is not one of {DECODERS}")
+    if not isinstance(s.decoder, str) or (s.decoder not in DECODERS and ":" not in s.decoder):
+        raise ConfigError(f"{where}.decoder: {s.decoder!r} is not one of {DECODERS} (or module:Class)")
     if s.decoder_threads < 0:
         raise ConfigError(f"{where}.decoder_threads: must be >= 0 (0: the cores shared among the DataLoader workers)")

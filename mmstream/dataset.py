@@ -1,17 +1,27 @@
 """``StreamingDataset``: annotation records in, decoded and formatted samples out of
-DataLoader workers.
+DataLoader workers, each video decoded once however many records use it.
 
     ds = StreamingDataset("configs/t2vid_minicpmv.yaml")
     loader = StatefulDataLoader(ds, batch_size=None, num_workers=4)
 
-Every record of the (shuffled) global stream has a position p; the worker with global
-id g = rank * num_workers + worker_id takes the positions p with p % total == g, so each
-record is yielded (or dropped) exactly once per epoch for any world size and worker
-count. Shuffling is a bounded buffer seeded by (seed, epoch), so every worker computes
-the same order without talking to the others; only light annotation records are
-shuffled, never frames. The state is (epoch, records this worker has consumed):
-resuming replays the cheap annotation stream and skips what was consumed, without
-decoding it again.
+At construction the annotations are indexed once (:mod:`mmstream.sources.index`):
+every record's byte span and its **decode group**, the records whose media are the
+same files in the same source. An epoch is a permutation of the groups seeded by
+(seed, epoch); the group at place j of it goes to the worker with global id
+j % (world_size x num_workers), where a worker's global id is
+rank x num_workers + worker_id. So every record is yielded (or dropped) exactly once
+per epoch for any world size and worker count, every worker computes the same order
+without talking to the others, and a group's media are planned and decoded once, in
+one worker, for all its records. The worker reads each record back by its byte span,
+applies the budget per record, decodes the group, and hands the samples to a mix
+buffer (:mod:`mmstream.mix`, ``loader.mix_buffer``) that interleaves the samples of
+different groups.
+
+State: ``(epoch, groups this worker has taken, positions taken but not yet handed
+out, the mix buffer's pop count)``. Resuming skips the taken groups without reading
+or decoding them, processes again only the groups of the positions still waiting
+(in the order they waited), and so hands out the same sequence an uninterrupted run
+would have.
 """
 from __future__ import annotations
 
@@ -19,15 +29,19 @@ import logging
 import os
 import random
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional, Union
 
+import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from . import timing
 from .config import Config, load_config
 from .dist import resolve_rank
 from .errors import SampleError
+from .mix import MixBuffer
 from .pipeline import Pipeline
-from .sources import iter_source
+from .sources.index import RecordIndex, media_signature
 from .types import Drop, Record, Sample
 
 log = logging.getLogger(__name__)
@@ -35,19 +49,13 @@ log = logging.getLogger(__name__)
 Item = Union[Record, SampleError]
 
 
-def shuffle_buffer(items: Iterable[Item], size: int, seed: Any) -> Iterator[Item]:
-    """Deterministic bounded-buffer shuffle: holds at most ``size`` items."""
-    rng = random.Random(str(seed))
-    buf: list[Item] = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        j = rng.randrange(size)
-        yield buf[j]
-        buf[j] = item
-    rng.shuffle(buf)
-    yield from buf
+@dataclass
+class _Progress:
+    """Where this worker's pass over its share stands."""
+
+    groups_done: int
+    mix: MixBuffer
+    pending_groups: list = field(default_factory=list)  # [(group, positions)] from a resumed state
 
 
 class StreamingDataset(IterableDataset):
@@ -56,12 +64,13 @@ class StreamingDataset(IterableDataset):
     ``emit_drops``: yield a :class:`Drop` for each skipped record instead of skipping
     silently (the CLI uses it to count). ``skip_keys``: records to pass over before
     any decoding (a resumed cache run). ``rank``/``world_size`` override the
-    distributed setup.
+    distributed setup. ``progress``: show a progress bar while large annotation files
+    are indexed (default: when stderr is a terminal).
     """
 
     def __init__(self, config: Union[str, os.PathLike, dict, Config], *, emit_drops: bool = False,
                  rank: Optional[int] = None, world_size: Optional[int] = None,
-                 skip_keys: Optional[Iterable[str]] = None):
+                 skip_keys: Optional[Iterable[str]] = None, progress: Optional[bool] = None):
         super().__init__()
         self.config = load_config(config)
         self.emit_drops = emit_drops
@@ -76,46 +85,56 @@ class StreamingDataset(IterableDataset):
             from .models import get_model  # validates name and tokenizer now, not in a worker
 
             self.model = get_model(self.config.model)
+        self.index = RecordIndex.build(self.config, progress=progress)
         self.epoch = 0
-        self._consumed = 0  # records of this worker's share consumed in the current epoch
-        self._resume_from = 0
+        self._resume: Optional[dict[str, Any]] = None
+        self._progress: Optional[_Progress] = None
         self.stats: Counter = Counter()  # per process: kept, skipped, and one count per drop reason
 
     # -- epoch and checkpoint state -------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle order of ``epoch`` (call before iterating, like DistributedSampler)."""
         self.epoch = int(epoch)
-        self._resume_from = 0
+        self._resume = None
+        self._progress = None
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self._consumed}
+    def state_dict(self) -> dict[str, Any]:
+        p = self._progress
+        if p is None:
+            r = self._resume or {"groups_done": 0, "pending": [], "mix": None}
+            return {"epoch": self.epoch, **r}
+        pending = [int(x) for _, positions in p.pending_groups for x in positions] + p.mix.pending()
+        return {"epoch": self.epoch, "groups_done": p.groups_done, "pending": pending, "mix": p.mix.state()}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "groups_done" not in state:
+            raise ValueError("this state was saved by an mmstream without decode groups; it cannot resume "
+                             "the epoch (start it over with set_epoch)")
         self.epoch = int(state["epoch"])
-        self._resume_from = int(state["consumed"])
-        self._consumed = self._resume_from
+        self._resume = {"groups_done": int(state["groups_done"]), "pending": [int(p) for p in state["pending"]],
+                        "mix": state.get("mix")}
+        self._progress = None
 
-    # -- the stream -----------------------------------------------------------------
+    # -- the order ------------------------------------------------------------------
     def records(self) -> Iterator[Item]:
-        """The global record stream in source order, before shuffling and sharding."""
-        index = 0
-        for src in self.config.sources:
-            for item in iter_source(src):
-                if isinstance(item, Record):
-                    item.index = index
-                else:
-                    item.source = src.name
-                index += 1
-                yield item
+        """Every record in file order (sources in order), before shuffling and sharding."""
+        return self.index.items()
+
+    def epoch_groups(self, epoch: Optional[int] = None) -> np.ndarray:
+        """The decode groups in this epoch's order (what every worker computes)."""
+        n = self.index.num_groups
+        loader = self.config.loader
+        if not loader.shuffle:
+            return np.arange(n, dtype=np.int64)
+        epoch = self.epoch if epoch is None else epoch
+        seed = random.Random(f"{loader.seed}-{epoch}").getrandbits(64)
+        return np.random.default_rng(seed).permutation(n)
 
     def ordered(self, epoch: Optional[int] = None) -> Iterator[Item]:
-        """The global stream in this epoch's order (what every worker computes)."""
-        loader = self.config.loader
-        items = self.records()
-        if not loader.shuffle:
-            return items
-        epoch = self.epoch if epoch is None else epoch
-        return shuffle_buffer(items, loader.shuffle_buffer, (loader.seed, epoch))
+        """Every record, group by group in this epoch's order."""
+        for g in self.epoch_groups(epoch):
+            for p in self.index.members(int(g)):
+                yield self.index.item(int(p))
 
     def shard(self) -> tuple[int, int]:
         """(global worker id, total workers) of the calling process."""
@@ -124,42 +143,107 @@ class StreamingDataset(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         return rank * workers + worker, world * workers
 
+    # -- the stream -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Union[Sample, Drop]]:
         me, total = self.shard()
+        loader = self.config.loader
+        mine = self.epoch_groups()[me::total]
+        resume = self._resume or {"groups_done": 0, "pending": [], "mix": None}
+        self._resume = None
+        max_bytes = None if loader.mix_buffer_mb is None else int(loader.mix_buffer_mb * (1 << 20))
+        mix = MixBuffer(loader.mix_buffer, max_bytes, seed=(loader.seed, self.epoch, me), state=resume["mix"])
+        progress = _Progress(resume["groups_done"], mix, self._pending_groups(resume["pending"]))
+        self._progress = progress
         pipe = Pipeline(self.config, self.model)
-        skip = self._resume_from
-        self._resume_from = 0
-        taken = 0
-        for pos, item in enumerate(self.ordered()):
-            if pos % total != me:
-                continue
-            taken += 1
-            if taken <= skip:
-                continue
-            self._consumed = taken
-            if item.key in self.skip_keys:
-                self.stats["skipped"] += 1
-                continue
-            try:
-                if isinstance(item, SampleError):
-                    raise item
-                sample = pipe.process(item)
-            except SampleError as exc:
-                drop = self._drop(exc, item)
+        while progress.pending_groups:  # taken before the state was saved, not all handed out
+            g, positions = progress.pending_groups[0]
+            outcomes = self._run_group(pipe, g, positions)
+            progress.pending_groups.pop(0)
+            mix.add(g, outcomes, _frames_bytes(outcomes))
+            yield from self._hand_out(mix)
+        while progress.groups_done < len(mine):
+            g = int(mine[progress.groups_done])
+            outcomes = self._run_group(pipe, g, self.index.members(g))
+            progress.groups_done += 1  # with the add below: nothing is yielded in between
+            mix.add(g, outcomes, _frames_bytes(outcomes))
+            yield from self._hand_out(mix)
+        yield from self._hand_out(mix, flush=True)
+        timing.peak("mix_peak_bytes", mix.stats.peak_bytes)
+        timing.peak("mix_peak_samples", mix.stats.peak_samples)
+
+    def _pending_groups(self, positions: list[int]) -> list[tuple[int, list[int]]]:
+        groups: dict[int, list[int]] = {}
+        for p in positions:
+            groups.setdefault(int(self.index.group[p]), []).append(p)
+        return list(groups.items())
+
+    def _hand_out(self, mix: MixBuffer, flush: bool = False) -> Iterator[Union[Sample, Drop]]:
+        timing.peak("mix_peak_bytes", mix.nbytes)
+        while mix.ready() or (flush and len(mix)):
+            _, item = mix.pop()  # popped before it is yielded: a state saved meanwhile has it consumed
+            if isinstance(item, SampleError):
+                drop = self._drop(item)
                 if drop is not None:
                     yield drop
                 continue
             self.stats["kept"] += 1
-            yield sample
+            yield item
 
-    def _drop(self, exc: SampleError, item: Item) -> Optional[Drop]:
-        source = item.source
+    def _run_group(self, pipe: Pipeline, g: int, positions) -> list[tuple[int, Any]]:
+        """The outcome of each position of group ``g`` (those in ``positions``), skip
+        keys left out. Records are read back from the annotation files here."""
+        out: list[tuple[int, Any]] = []
+        records: list[tuple[int, Record]] = []
+        with timing.stage("read"):
+            for p in positions:
+                p = int(p)
+                if self.skip_keys and self.index.key(p) in self.skip_keys:
+                    self.stats["skipped"] += 1
+                    continue
+                item = self.index.item(p)
+                if isinstance(item, SampleError):
+                    out.append((p, self._strict(item)))
+                else:
+                    records.append((p, item))
+        if not records:
+            return out
+        name = self.index.key(int(self.index.members(g)[0]))
+        for part in _same_media(records):  # a hash collision never merges different media
+            outcomes = pipe.process_group([r for _, r in part], group=name)
+            for (p, _), outcome in zip(part, outcomes):
+                if isinstance(outcome, SampleError):
+                    outcome.source = outcome.source or self.index.sources[int(self.index.source[p])].name
+                    self._strict(outcome)
+                out.append((p, outcome))
+        out.sort(key=lambda po: po[0])
+        return out
+
+    def _strict(self, exc: SampleError) -> SampleError:
         if self.config.strict:
             raise exc
+        return exc
+
+    def _drop(self, exc: SampleError) -> Optional[Drop]:
         self.stats[exc.reason] += 1
         # the consumer reports emitted drops itself; otherwise this line is the only trace
         log.log(logging.INFO if self.emit_drops else logging.WARNING, "dropped %s [%s] %s: %s",
                 exc.key, exc.reason, exc.path or "", exc.message)
         if self.emit_drops:
-            return Drop(key=exc.key or "", source=source, reason=exc.reason, path=exc.path, message=exc.message)
+            return Drop(key=exc.key or "", source=exc.source or "", reason=exc.reason, path=exc.path,
+                        message=exc.message)
         return None
+
+
+def _frames_bytes(outcomes: list[tuple[int, Any]]) -> int:
+    """Bytes of frames a group holds: its samples share one set of clips."""
+    for _, item in outcomes:
+        if isinstance(item, Sample):
+            return sum(int(c.frames.nbytes) for c in item.clips)
+    return 0
+
+
+def _same_media(records: list[tuple[int, Record]]) -> list[list[tuple[int, Record]]]:
+    parts: dict[Any, list[tuple[int, Record]]] = {}
+    for p, rec in records:
+        parts.setdefault((rec.source, media_signature(rec)), []).append((p, rec))
+    return list(parts.values())

@@ -247,7 +247,7 @@ sources:
     sampling: {strategy: none, max_frames: null}
     filter: {max_frames: 90, max_tokens: 8192, one_video_in_first_turn: true, max_first_turn_words: 30}
 sampling: {fps: 1.0, max_frames: 24, strategy: t2vid, decoder: auto}
-loader: {seed: 0, shuffle_buffer: 1000}
+loader: {seed: 0, mix_buffer: 32, mix_buffer_mb: 512}
 strict: false
 # The demo's tokenizer is word-level, built from these annotations (no model hub here):
 # real runs name the model's own, e.g. openbmb/MiniCPM-Llama3-V-2_5.

@@ -38,6 +38,12 @@ class SampleError(MmstreamError):
         text = " ".join(parts)
         return f"{text}: {self.message}" if self.message else text
 
+    def for_record(self, key: Optional[str]) -> "SampleError":
+        """The same error for another record of a decode group (same reason, path, message)."""
+        err = SampleError(self.reason, self.message, key=key, path=self.path)
+        err.source = self.source
+        return err
+
     def with_context(self, key: Optional[str] = None, path: Optional[str] = None) -> "SampleError":
         """Fill in the key/path where the raising code did not know them."""
         self.key = self.key or key
@@ -48,8 +54,10 @@ class SampleError(MmstreamError):
 
 # Drop reasons, one name per rule (the counters in summaries and manifests).
 BAD_JSON = "bad_json"
+UNREADABLE_TAIL = "unreadable_tail"  # a JSON array that cannot be read from some byte to its end
 BAD_RECORD = "bad_record"
 MISSING_MEDIA = "missing_media"
+NOT_A_FILE = "not_a_file"  # the media path exists but is not a regular file (a FIFO, a device)
 PATH_OUTSIDE_ROOT = "path_outside_root"
 DECODE_ERROR = "decode_error"
 NO_FRAMES = "no_frames"

@@ -1,16 +1,25 @@
-"""One record through the stages, inside a worker: media plan -> budget -> decode -> format.
+"""Records through the stages, inside a worker: media plan -> budget -> decode -> format.
 
-    pipe = Pipeline(config)
-    sample = pipe.process(record)   # raises SampleError with a reason when dropped
+    pipe = Pipeline(config, model)
+    outcomes = pipe.process_group(records)   # records sharing their media: decoded once
+    sample = pipe.process(record)            # one record; raises SampleError when dropped
+
+A group's media are planned (probed) once and decoded once, for the records the
+budget keeps; each record gets its own formatted record and token counts, and they
+all share the same clips. A group whose every record is dropped before decoding
+costs no decode.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence, Union
 
 from . import timing
-from .config import Config, FilterConfig
+from .config import Config, FilterConfig, SourceConfig
 from .errors import SampleError
 from .media import decode_media, fit_plan, plan_media
-from .types import Record, Sample
+from .types import MediaPlan, Record, Sample
+
+Outcome = Union[Sample, SampleError]
 
 
 class Pipeline:
@@ -29,25 +38,78 @@ class Pipeline:
         return Budget(self.model, filt)
 
     def process(self, record: Record) -> Sample:
-        src = self.sources[record.source]
-        budget = self.budgets[record.source]
-        try:
-            if budget is not None:
-                with timing.stage("budget"):
-                    budget.check_record(record)
-            plans = []
-            for ref in record.media:
-                plan = plan_media(ref, src.sampling)
-                if self.model is not None and plan.kind != "image":
-                    fit_plan(plan, self.model.frame_count_rule(plan.num_frames))
-                plans.append(plan)
+        """One record: its Sample, or raises the SampleError that drops it."""
+        outcome = self.process_group([record])[0]
+        if isinstance(outcome, SampleError):
+            raise outcome
+        return outcome
+
+    def plan(self, record: Record, src: SourceConfig) -> list[MediaPlan]:
+        plans = []
+        for ref in record.media:
+            plan = plan_media(ref, src.sampling)
+            if self.model is not None and plan.kind != "image":
+                fit_plan(plan, self.model.frame_count_rule(plan.num_frames))
+            plans.append(plan)
+        return plans
+
+    def process_group(self, records: Sequence[Record], group: Optional[str] = None) -> list[Outcome]:
+        """Records of one source whose media are the same: one outcome per record, in
+        order. ``group`` names the group on its samples (:attr:`Sample.group`)."""
+        if not records:
+            return []
+        src = self.sources[records[0].source]
+        budget = self.budgets[src.name]
+        outcomes: list[Optional[Outcome]] = [None] * len(records)
+
+        def fail(i: int, exc: SampleError) -> None:
+            outcomes[i] = exc.for_record(records[i].key)  # one error object per record
+
+        alive = list(range(len(records)))
+        if budget is not None:
             with timing.stage("budget"):
-                tokens = budget.check_plans(record, plans) if budget is not None else None
-            clips = [decode_media(plan, src.sampling) for plan in plans]
-            sample = Sample(key=record.key, source=record.source, record=record, clips=clips)
-            if budget is not None:
-                with timing.stage("budget"):
-                    sample = budget.finalize(sample, plans, tokens)
-            return sample
+                for i in list(alive):
+                    try:
+                        budget.check_record(records[i])
+                    except SampleError as exc:
+                        fail(i, exc)
+                        alive.remove(i)
+        if not alive:
+            return outcomes  # type: ignore[return-value]
+        try:
+            plans = self.plan(records[alive[0]], src)
         except SampleError as exc:
-            raise exc.with_context(key=record.key)
+            for i in alive:
+                fail(i, exc)
+            return outcomes  # type: ignore[return-value]
+        estimates = {}
+        with timing.stage("budget"):
+            for i in alive:
+                try:
+                    estimates[i] = budget.estimate(records[i], plans) if budget is not None else None
+                except SampleError as exc:
+                    fail(i, exc)
+        keep = [i for i in alive if outcomes[i] is None]
+        if not keep:
+            return outcomes  # type: ignore[return-value]
+        try:
+            clips = [decode_media(plan, src.sampling) for plan in plans]
+        except SampleError as exc:
+            for i in keep:
+                fail(i, exc)
+            return outcomes  # type: ignore[return-value]
+        if plans:
+            timing.count("decodes")
+            timing.count("decoded_records", len(keep))
+        for i in keep:
+            rec = records[i]
+            sample = Sample(key=rec.key, source=rec.source, record=rec, clips=list(clips), group=group)
+            if budget is not None:
+                try:
+                    with timing.stage("budget"):
+                        sample = budget.finalize(sample, plans, estimates[i])
+                except SampleError as exc:
+                    fail(i, exc)
+                    continue
+            outcomes[i] = sample
+        return outcomes  # type: ignore[return-value]

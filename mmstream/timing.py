@@ -6,7 +6,7 @@
         ...
         with timing.stage("convert"):   # nested: its time is not counted in "decode"
             ...
-    timing.snapshot()   # {"stages": {"decode": s, "convert": s}, "counts": {...}}
+    timing.snapshot()   # {"stages": {"decode": s, "convert": s}, "counts": {...}, "peaks": {...}}
 
 Times are exclusive (self time): a stage nested in another is charged to itself only,
 so the stages of one process add up to the time spent inside any stage. Off by
@@ -24,6 +24,7 @@ STAGES = ("read", "probe", "decode", "convert", "budget", "write")
 _enabled = False
 _totals: defaultdict = defaultdict(float)
 _counts: defaultdict = defaultdict(float)
+_peaks: dict = {}
 _stack: list[str] = []
 _last = 0.0
 
@@ -75,6 +76,12 @@ def count(name: str, value: float = 1) -> None:
         _counts[name] += value
 
 
+def peak(name: str, value: float) -> None:
+    """Keep the largest ``value`` seen for ``name`` (a high-water mark), when enabled."""
+    if _enabled and value > _peaks.get(name, float("-inf")):
+        _peaks[name] = value
+
+
 def enable(on: bool = True) -> None:
     global _enabled
     _enabled = bool(on)
@@ -87,9 +94,11 @@ def enabled() -> bool:
 def reset() -> None:
     _totals.clear()
     _counts.clear()
+    _peaks.clear()
     _stack.clear()
 
 
 def snapshot() -> dict:
-    """``{"stages": {name: seconds}, "counts": {name: value}}`` of this process so far."""
-    return {"stages": dict(_totals), "counts": dict(_counts)}
+    """``{"stages": {name: seconds}, "counts": {name: value}, "peaks": {name: value}}``
+    of this process so far."""
+    return {"stages": dict(_totals), "counts": dict(_counts), "peaks": dict(_peaks)}

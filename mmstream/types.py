@@ -120,6 +120,9 @@ class Sample:
     clips: list[Clip]
     model_record: Optional[dict[str, Any]] = None  # the formatted training record (model stage)
     tokens: Optional[dict[str, int]] = None  # {"text", "visual", "total"} (budget stage)
+    #: the decode group (the key of its first record): samples of one group share their
+    #: clips, the very same frame arrays; copy a clip before changing it in place
+    group: Optional[str] = None
 
     @property
     def num_frames(self) -> int:

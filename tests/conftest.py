@@ -26,7 +26,7 @@ def text_config(tmp_path):
     b = write_jsonl(tmp_path / "b.jsonl", text_records(8, "b"))
     return {"sources": [{"name": "a", "format": "llava", "annotations": a},
                         {"name": "b", "format": "llava", "annotations": b}],
-            "loader": {"seed": 3, "shuffle_buffer": 5}}
+            "loader": {"seed": 3}}
 
 
 requires_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),

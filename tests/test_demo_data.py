@@ -40,7 +40,7 @@ def test_config_has_the_documented_keys(demo):
     assert [s["format"] for s in raw["sources"]] == ["videochatgpt", "llava", "sharegpt", "t2vid_raw"]
     assert raw["model"]["name"] == "minicpmv-2.5" and raw["output"]["format"] == "minicpmv"
     assert raw["sampling"] == {"fps": 1.0, "max_frames": 24, "strategy": "t2vid", "decoder": "auto"}
-    assert raw["loader"] == {"seed": 0, "shuffle_buffer": 1000} and raw["strict"] is False
+    assert raw["loader"] == {"seed": 0, "mix_buffer": 32, "mix_buffer_mb": 512} and raw["strict"] is False
     assert all(not os.path.isabs(s["annotations"]) for s in raw["sources"])
     cfg = load_config(config_path)
     for src in cfg.sources:

@@ -320,22 +320,25 @@ def test_malformed_jsonl_line_keeps_its_position(tmp_path):
     assert items[2].media[0].path == "v_after"
 
 
-def test_malformed_array_yields_one_error_and_stops(tmp_path):
+def test_malformed_array_element_is_skipped_and_reading_goes_on(tmp_path):
     good = json.dumps(VIDEOINSTRUCT)
     path = tmp_path / "vcg.json"
     path.write_text(f"[{good},\n{good},\n{{\"video_id\": \"v_x\", \"q\": ,}},\n{good}]")
     items = read(path, "videochatgpt")
-    assert [type(i) for i in items] == [Record, Record, SampleError]
-    assert items[2].reason == BAD_JSON and items[2].key == "src-00000002" and items[2].path == str(path)
+    assert [type(i) for i in items] == [Record, Record, SampleError, Record]
+    bad = items[2]
+    assert bad.reason == BAD_JSON and bad.key == "src-00000002" and bad.path == str(path)
+    assert f"byte {2 * len(good) + 5}" in bad.message  # where the element starts
+    assert items[3].key == "src-00000003"
 
 
-def test_truncated_array(tmp_path):
+def test_truncated_array_counts_its_tail(tmp_path):
     text = json.dumps([VIDEOINSTRUCT] * 3)
     path = tmp_path / "cut.json"
     path.write_text(text[: len(text) - 20])
     items = read(path)
     assert [type(i) for i in items] == [Record, Record, SampleError]
-    assert items[2].reason == BAD_JSON
+    assert items[2].reason == "unreadable_tail" and "byte" in items[2].message
 
 
 def test_non_object_items_and_bad_fields(tmp_path):

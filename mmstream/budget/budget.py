@@ -3,9 +3,9 @@ metadata, before any frame is decoded; check the decode against the estimate.
 
     budget = Budget(model, source.filter)
     budget.check_record(record)                 # tag and word rules
-    tokens = budget.check_plans(record, plans)  # frame cap, token cap (from metadata)
+    est = budget.estimate(record, plans)        # frame cap, token cap (from metadata)
     ...decode...
-    sample = budget.finalize(sample, plans)     # sets sample.model_record, sample.tokens
+    sample = budget.finalize(sample, plans, est)   # sets sample.model_record, sample.tokens
 
 Each check raises :class:`SampleError` whose ``reason`` is one of :mod:`.rules`.
 Knobs (``filter:``, settable per source; upstream defaults in the comments):
@@ -19,13 +19,23 @@ Knobs (``filter:``, settable per source; upstream defaults in the comments):
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 from ..config import FilterConfig
 from ..errors import ConfigError, SampleError
 from ..models.base import checked_turns, media_shapes
 from ..types import MediaPlan, Record, Sample
 from . import rules
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What :meth:`Budget.estimate` worked out before decoding: the training record and
+    the token counts (None without a model / tokenizer)."""
+
+    model_record: Optional[dict[str, Any]]
+    tokens: Optional[dict[str, int]]
 
 
 class Budget:
@@ -41,12 +51,6 @@ class Budget:
                 raise ConfigError("filter.max_tokens needs a model section (its tokenizer and visual tokens)")
             if model.tokenizer_name is None:
                 raise ConfigError("filter.max_tokens needs model.tokenizer to count text tokens")
-        self._estimate: Optional[tuple] = None  # (record, model_record, tokens) of the last check_plans
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_estimate"] = None
-        return state
 
     def check_record(self, record: Record) -> None:
         """Rules on the annotation alone: T2Vid's tag and word rules, then (with a model)
@@ -68,12 +72,15 @@ class Budget:
     def check_plans(self, record: Record, plans: Sequence[MediaPlan]) -> Optional[dict[str, int]]:
         """Frame and token caps from the plans (no decoding). Returns the token counts
         ``{"text", "visual", "total"}``, or None without a model with a tokenizer."""
+        return self.estimate(record, plans).tokens
+
+    def estimate(self, record: Record, plans: Sequence[MediaPlan]) -> Estimate:
+        """:meth:`check_plans`, keeping the formatted record for :meth:`finalize`."""
         frames = rules.plan_frames(plans)
         if self.filter.max_frames is not None and frames > self.filter.max_frames:
             raise SampleError(rules.TOO_MANY_FRAMES, f"{frames} frames > {self.filter.max_frames}")
-        self._estimate = None
         if self.model is None:
-            return None
+            return Estimate(None, None)
         model_record = self.model.format_plans(record, plans)
         tokens = None
         if self.model.tokenizer_name is not None:
@@ -81,14 +88,12 @@ class Budget:
             if self.filter.max_tokens is not None and tokens["total"] > self.filter.max_tokens:
                 raise SampleError(rules.TOO_MANY_TOKENS, f"{tokens['total']} tokens > {self.filter.max_tokens} "
                                   f"(text {tokens['text']}, visual {tokens['visual']})")
-        self._estimate = (record, model_record, tokens)
-        return tokens
+        return Estimate(model_record, tokens)
 
-    def finalize(self, sample: Sample, plans: Sequence[MediaPlan],
-                 tokens: Optional[dict[str, int]] = None) -> Sample:
+    def finalize(self, sample: Sample, plans: Sequence[MediaPlan], estimate: Optional[Estimate] = None) -> Sample:
         """After decoding: the clips must match the plans (count and size of frames),
         else ``estimate_mismatch``; then sets ``sample.model_record`` and ``sample.tokens``
-        (reusing what :meth:`check_plans` computed for this record)."""
+        from ``estimate`` (worked out again when not given)."""
         if len(sample.clips) != len(plans):
             raise SampleError(rules.ESTIMATE_MISMATCH, f"{len(sample.clips)} clips for {len(plans)} plans")
         for i, (clip, plan) in enumerate(zip(sample.clips, plans)):
@@ -99,10 +104,8 @@ class Budget:
                                   path=plan.path)
         if self.model is None:
             return sample
-        if self._estimate is None or self._estimate[0] is not sample.record:
-            self.check_plans(sample.record, plans)  # not estimated in this process: do it now
-        _, model_record, estimate = self._estimate
-        self._estimate = None
-        sample.model_record = model_record
-        sample.tokens = tokens if tokens is not None else estimate
+        if estimate is None:
+            estimate = self.estimate(sample.record, plans)
+        sample.model_record = estimate.model_record
+        sample.tokens = estimate.tokens
         return sample

@@ -70,6 +70,10 @@ def format_result(r: dict) -> str:
         f"  busy per worker (s): {r['worker_busy_s']}   peak RSS per worker (MB): {r['peak_rss_mb']} "
         f"(started at {r['start_rss_mb']})",
     ]
+    if r.get("decodes") is not None:
+        lines.append(f"  {r['decodes']} decode(s), {r['records_per_decode']} record(s) per decode; "
+                     f"mix buffer peak per worker (MB): {r.get('mix_peak_mb')} "
+                     f"(mix_buffer {r.get('mix_buffer')}, mix_buffer_mb {r.get('mix_buffer_mb')})")
     if r["bytes_written"]:
         lines.append(f"  wrote {r['bytes_written'] / MB:.1f} MB")
     return "\n".join(lines)

@@ -23,6 +23,8 @@ rank to finish (or ``mmstream finalize DIR``) merges them.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -39,7 +41,7 @@ from ..types import Drop, Sample
 from . import manifest as mf
 from .atomic import TMP_MARK, is_tmp_name, remove_quietly
 from .formats import IMAGES_DIR, check_output, encoder_for
-from .shards import PARTS_DIR, FilesWriter, ShardWriter, parse_shard_name, shard_name
+from .shards import PARTS_DIR, FilesWriter, ShardWriter, parse_shard_name, record_image_paths, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,9 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
     the iterable of Sample/Drop (default: :class:`mmstream.StreamingDataset`).
     """
     config = load_config(config)
+    # group by group: a group's samples then reach the writer together (its frames are
+    # encoded once and, in the files layout, written once); mixing is for training
+    config = dataclasses.replace(config, loader=dataclasses.replace(config.loader, mix_buffer=0))
     check_output(config.output)
     check_model(config)
     rank, world_size = resolve_rank(rank, world_size, config)
@@ -221,11 +226,12 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
                     if item.key not in covered:
                         drop(item)
                     continue
-                if item.key in covered:
-                    continue  # already cached (a dataset that ignores skip_keys)
-                if item.key in seen:
-                    drop(Drop(item.key, item.source, DUPLICATE_KEY, message="key yielded twice"))
-                    continue
+                if item.key in covered or item.key in seen:
+                    if item.files and isinstance(writer, FilesWriter):
+                        writer.store_files(item)  # frames other records of its group name
+                    if item.key in seen:
+                        drop(Drop(item.key, item.source, DUPLICATE_KEY, message="key yielded twice"))
+                    continue  # covered: already cached (a dataset that ignores skip_keys)
                 seen.add(item.key)
                 writer.write(item)
                 stats["kept"] += 1
@@ -309,10 +315,18 @@ def _clean_leftovers(out: str, config: Config, rank: int, world_size: int, liste
 def _delete_rank(out: str, manifest: mf.RankManifest) -> None:
     """Forget what a rank wrote (``resume=False``)."""
     for s in manifest.shards:
-        remove_quietly(os.path.join(out, s["name"]))
+        path = os.path.join(out, s["name"])
         if s["name"].startswith(PARTS_DIR + "/"):
-            for key in s["keys"]:
-                shutil.rmtree(os.path.join(out, IMAGES_DIR, key), ignore_errors=True)
+            try:
+                with open(path, "rb") as f:
+                    records = json.load(f)
+            except (OSError, ValueError):
+                records = []
+            folders = {os.path.dirname(p) for r in records for p in record_image_paths(r)}
+            for folder in folders:
+                if folder.startswith(IMAGES_DIR + "/"):
+                    shutil.rmtree(os.path.join(out, folder), ignore_errors=True)
+        remove_quietly(path)
     remove_quietly(manifest.path)
 
 

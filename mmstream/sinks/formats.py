@@ -1,6 +1,6 @@
 """Sample -> what goes on disk, one function per output flavour.
 
-``encoder_for(config.output)`` returns a function ``Sample -> Encoded``. The writer
+``encoder_for(config.output)`` returns a callable ``Sample -> Encoded``. The writer
 (:mod:`.shards`) never looks inside a sample; it stores what the encoder made:
 
 * ``megatron`` (Pai-Megatron-Patch ChatML, REFERENCE 6): tar members ``KEY.jpgs``
@@ -12,9 +12,12 @@
   the frame's file in the model record (``KEY.00000.jpg`` for ``KEY/00000.jpg``), plus
   ``KEY.json`` holding the model record unchanged.
 * ``minicpmv`` / ``idefics3``, layout ``files``: the frames as files
-  ``images/<path in the record>`` and the record with its ``image`` paths pointing at
-  them (relative to the output folder here; made absolute when the JSON list is
-  assembled, see :mod:`.manifest`).
+  ``images/<group>/<n>.jpg``, written once per decode group, and the record with its
+  ``image`` paths pointing at them (relative to the output folder here; made absolute
+  when the JSON list is assembled, see :mod:`.manifest`).
+
+A decode group's frames are JPEG-encoded once for all its samples
+(:class:`SampleEncoder`).
 
 Frames are uint8 RGB ``[T, H, W, 3]``; grey and RGBA frames are converted (RGBA is
 composited on white, as Qwen's ``to_rgb`` does), so colours are stored as RGB, never
@@ -27,7 +30,7 @@ import os
 import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
@@ -68,8 +71,6 @@ class Encoded:
     source: str = ""
 
 
-Encoder = Callable[[Sample], Encoded]
-
 
 def check_output(output: OutputConfig) -> None:
     """Reject an output section this module cannot write (at start-up)."""
@@ -85,15 +86,48 @@ def check_output(output: OutputConfig) -> None:
         raise ConfigError(f"output.jpeg_quality: must be 1..100 (got {output.jpeg_quality!r})")
 
 
-def encoder_for(output: OutputConfig) -> Encoder:
-    """The ``Sample -> Encoded`` function for this output section."""
-    check_output(output)
-    quality = int(output.jpeg_quality)
-    if output.format == "megatron":
-        return lambda s: encode_megatron(s, quality=quality)
-    if output.layout == "wds":
-        return lambda s: encode_minicpmv_wds(s, quality=quality)
-    return lambda s: encode_minicpmv_files(s, quality=quality)
+def encoder_for(output: OutputConfig) -> "SampleEncoder":
+    """The ``Sample -> Encoded`` callable for this output section."""
+    return SampleEncoder(output)
+
+
+class SampleEncoder:
+    """``Sample -> Encoded`` for one output section, encoding a decode group's frames once.
+
+    Samples of one group share their clips (:attr:`Sample.group`); the JPEGs of the
+    last group seen are kept, so its other samples reuse them. In the ``files`` layout
+    the frames are files ``images/<group>/<n>.jpg`` that every record of the group
+    names; only the group's first sample seen here carries their bytes.
+    """
+
+    def __init__(self, output: OutputConfig):
+        check_output(output)
+        self.output = output
+        self.quality = int(output.jpeg_quality)
+        self._clips: Optional[list] = None  # the clips the cached JPEGs belong to (kept alive)
+        self._jpegs: list[list[bytes]] = []
+        self._files_sent = False  # files layout: an Encoded carrying this group's frame files went out
+
+    def jpegs(self, sample: Sample) -> tuple[list[list[bytes]], bool]:
+        """One list of JPEG bytes per clip, and whether they were encoded just now."""
+        if self._clips is not None and len(self._clips) == len(sample.clips) and \
+                all(a.frames is b.frames for a, b in zip(self._clips, sample.clips)):
+            return self._jpegs, False
+        self._jpegs = [[encode_jpeg(f, self.quality) for f in clip.frames] for clip in sample.clips]
+        self._clips = list(sample.clips)
+        return self._jpegs, True
+
+    def __call__(self, sample: Sample) -> Encoded:
+        jpegs, fresh = self.jpegs(sample)
+        if fresh:
+            self._files_sent = False
+        if self.output.format == "megatron":
+            return encode_megatron(sample, jpegs)
+        if self.output.layout == "wds":
+            return encode_minicpmv_wds(sample, jpegs)
+        encoded = encode_minicpmv_files(sample, jpegs, with_files=not self._files_sent)
+        self._files_sent = True
+        return encoded
 
 
 # -- frames -------------------------------------------------------------------------
@@ -126,11 +160,6 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def all_frames(sample: Sample) -> list[np.ndarray]:
-    """Every frame of every clip, in order (what ``<image_NN>`` counts over)."""
-    return [f for clip in sample.clips for f in clip.frames]
-
-
 def check_key(key: str) -> str:
     if not key or _KEY_BAD.search(key):
         raise MmstreamError(f"sample key {key!r} cannot name a WebDataset sample (no dots, slashes or spaces)")
@@ -149,17 +178,8 @@ def _model_record(sample: Sample, fmt: str) -> dict[str, Any]:
 
 # -- megatron (Pai-Megatron-Patch ChatML) -------------------------------------------
 
-def even_frames(frames: np.ndarray) -> np.ndarray:
-    """Pad a video to a multiple of TEMPORAL_PATCH_SIZE frames by repeating the last one
-    (what the Qwen2-VL processor does); an empty video stays empty."""
-    t = len(frames)
-    rest = (-t) % TEMPORAL_PATCH_SIZE
-    if t == 0 or rest == 0:
-        return frames
-    return np.concatenate([frames, np.repeat(frames[-1:], rest, axis=0)], axis=0)
-
-
-def encode_megatron(sample: Sample, *, quality: int) -> Encoded:
+def encode_megatron(sample: Sample, jpegs: list[list[bytes]]) -> Encoded:
+    """``jpegs``: the JPEG bytes of each clip's frames (:meth:`SampleEncoder.jpegs`)."""
     key = check_key(sample.key)
     rec = _model_record(sample, "megatron")
     convs = rec.get("conversations")
@@ -180,12 +200,15 @@ def encode_megatron(sample: Sample, *, quality: int) -> Encoded:
     if videos and (not isinstance(sgt, (list, tuple)) or len(sgt) != len(videos)):
         raise MmstreamError(f"sample {key!r}: second_per_grid_ts must have one entry per video "
                             f"({len(videos)}), got {sgt!r}")
-    jpgs = [encode_jpeg(f, quality) for c in images for f in c.frames]
+    jpgs = [j for c, js in zip(sample.clips, jpegs) if c.kind == "image" for j in js]
     vids = []
-    for clip in videos:
+    for clip, js in zip(sample.clips, jpegs):
+        if clip.kind == "image":
+            continue
         if clip.num_frames == 0:
             raise SampleError("no_frames", "video has no frames", key=key, path=clip.path)
-        vids.append([encode_jpeg(f, quality) for f in even_frames(clip.frames)])
+        # an even count: the last frame repeated, as the Qwen2-VL processor pads
+        vids.append(js + js[-1:] * ((-len(js)) % TEMPORAL_PATCH_SIZE))
     out = dict(rec)
     out["second_per_grid_ts"] = [float(x) for x in sgt]
     return Encoded(key=key, members=[
@@ -218,30 +241,34 @@ def _image_map(sample: Sample, fmt: str = "minicpmv") -> tuple[dict[str, Any], l
     return rec, pairs
 
 
-def encode_minicpmv_wds(sample: Sample, *, quality: int) -> Encoded:
+def encode_minicpmv_wds(sample: Sample, jpegs: list[list[bytes]]) -> Encoded:
     key = check_key(sample.key)
     rec, pairs = _image_map(sample)
     members = []
     seen = set()
-    for (_, rel), frame in zip(pairs, all_frames(sample)):
+    for (_, rel), data in zip(pairs, [j for js in jpegs for j in js]):
         ext = os.path.basename(rel)
         if not _MEMBER_OK.match(ext) or ext in seen or ext.split(".", 1)[0] == "json":
             raise MmstreamError(f"sample {key!r}: frame file name {ext!r} cannot be a tar member name "
                                 f"(want unique names like 00000.jpg)")
         seen.add(ext)
-        members.append((ext, encode_jpeg(frame, quality)))
+        members.append((ext, data))
     members.append(("json", dump_json(rec)))
     return Encoded(key=key, members=members)
 
 
-def encode_minicpmv_files(sample: Sample, *, quality: int) -> Encoded:
+def encode_minicpmv_files(sample: Sample, jpegs: list[list[bytes]], *, with_files: bool = True) -> Encoded:
+    """Frames as ``images/<group>/<name>`` (the group's first record's key names the
+    folder), shared by every record of the group; ``with_files`` carries their bytes."""
     key = check_key(sample.key)
     rec, pairs = _image_map(sample)
+    folder = check_key(sample.group or key)
     files = []
     mapping = {}
-    for (tag, rel), frame in zip(pairs, all_frames(sample)):
-        path = f"{IMAGES_DIR}/{os.path.normpath(rel)}"
-        files.append((path, encode_jpeg(frame, quality)))
+    for (tag, rel), data in zip(pairs, [j for js in jpegs for j in js]):
+        path = f"{IMAGES_DIR}/{folder}/{os.path.basename(os.path.normpath(rel))}"
+        if with_files:
+            files.append((path, data))
         mapping[tag] = path
     out = dict(rec)
     if isinstance(rec.get("image"), str):

@@ -32,11 +32,11 @@ from ..errors import MmstreamError
 from ..types import Drop
 from . import energon
 from .atomic import WriteError, atomic_write, atomic_write_json, dump_json, makedirs
-from .shards import ShardInfo, read_tar_keys, sha256_file, update_content_hash
+from .shards import ShardInfo, read_tar_keys, record_image_paths, sha256_file, update_content_hash
 
 MANIFEST = "manifest.json"
 #: Format version of the manifest files (bump on incompatible change).
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: files-layout content hashes digest each frame file (frames shared by a group)
 #: Name of the JSON list the ``files`` layout's finetune scripts read (``--data_path``).
 DEFAULT_JSON_NAME = "data.json"
 #: Private folder for lock files.
@@ -371,15 +371,6 @@ def _with_paths(record: dict[str, Any], fn) -> dict[str, Any]:
     return out
 
 
-def _image_paths(record: dict[str, Any]) -> list[str]:
-    image = record.get("image")
-    if isinstance(image, str):
-        return [image]
-    if isinstance(image, dict):
-        return [str(v) for v in image.values()]
-    return []
-
-
 def _trainer_present(directory: str, manifest: dict[str, Any]) -> bool:
     trainer = manifest.get("trainer") or {}
     if trainer.get("kind") == "energon":
@@ -467,14 +458,13 @@ def _check_part(directory: str, shard: dict[str, Any], problems: list[str]) -> t
         raise MmstreamError("not a JSON list")
     content = hashlib.sha256()
     for record in records:
-        for rel in _image_paths(record):
+        for rel in record_image_paths(record):
             try:
-                with open(os.path.join(directory, rel), "rb") as f:
-                    data = f.read()
+                sha, size = sha256_file(os.path.join(directory, rel))
             except OSError as exc:
                 problems.append(f"{shard['name']}: frame {rel} cannot be read ({exc.strerror or exc})")
                 continue
-            update_content_hash(content, rel, data)
+            update_content_hash(content, rel, size, sha)
     if shard.get("content_sha256") and content.hexdigest() != shard["content_sha256"]:
         problems.append(f"{shard['name']}: frame files differ from what was written (content sha256)")
     return None, len(records)  # the part's sha256 already covers its keys
@@ -511,7 +501,7 @@ def _verify_trainer(directory: str, manifest: dict[str, Any], problems: list[str
         if len(records) != manifest.get("counts", {}).get("kept"):
             problems.append(f"{trainer['path']}: {len(records)} record(s), manifest counts "
                             f"{manifest.get('counts', {}).get('kept')}")
-        missing = [p for r in records for p in _image_paths(r)
+        missing = [p for r in records for p in record_image_paths(r)
                    if not os.path.isfile(p if os.path.isabs(p) else os.path.join(directory, p))]
         if missing:
             problems.append(f"{trainer['path']}: {len(missing)} image path(s) do not exist, e.g. {missing[0]}")

@@ -234,9 +234,15 @@ class FilesWriter(_RotatingWriter):
     """The ``files`` layout: frames written as files, records committed per part.
 
     ``name_for(i)`` names the part (``parts/minicpmv-000000.json``). The part is a JSON
-    list of the records (paths relative to the output folder). ``content_sha256`` of a
-    part hashes the relative path and bytes of each frame file, in order.
+    list of the records (paths relative to the output folder). Frame files are written
+    under a temporary name and renamed, so a frame that a committed part names is never
+    seen half-written, even when a resumed run writes it again. Several records may
+    name the same frames (a decode group). ``content_sha256`` of a part digests each
+    frame file its records name, in order (:func:`update_content_hash`).
     """
+
+    #: Frame digests kept in memory (the frames of the last few groups); others are read back.
+    DIGESTS_KEPT = 4096
 
     def __init__(self, directory: str, name_for: Callable[[int], str], *, maxcount: int,
                  start_index: int = 0, on_commit: Optional[Callable[[ShardInfo], None]] = None):
@@ -244,6 +250,7 @@ class FilesWriter(_RotatingWriter):
         self._records: Optional[list[dict[str, Any]]] = None
         self._content = hashlib.sha256()
         self._made_dirs: set[str] = set()
+        self._digests: dict[str, tuple[int, str]] = {}  # rel path -> (size, sha256) of frames written
 
     @property
     def is_open(self) -> bool:
@@ -253,10 +260,8 @@ class FilesWriter(_RotatingWriter):
         self._records = []
         self._content = hashlib.sha256()
 
-    def _add(self, enc: Encoded) -> None:
-        assert self._records is not None
-        if enc.record is None:
-            raise ValueError("FilesWriter needs Encoded.record (use the files-layout encoder)")
+    def store_files(self, enc: Encoded) -> None:
+        """Write the frame files ``enc`` carries (atomically each)."""
         for rel, data in enc.files:
             path = os.path.join(self.directory, rel)
             parent = os.path.dirname(path)
@@ -264,12 +269,37 @@ class FilesWriter(_RotatingWriter):
                 if parent not in self._made_dirs:
                     os.makedirs(parent, exist_ok=True)
                     self._made_dirs.add(parent)
-                with open(path, "wb") as f:
+                tmp = tmp_name(path)
+                with open(tmp, "wb") as f:
                     f.write(data)
+                os.replace(tmp, path)
             except OSError as exc:
+                remove_quietly(tmp_name(path))
                 self._discard()
                 raise WriteError(path, exc, RESUME_HINT) from None
-            update_content_hash(self._content, rel, data)
+            if len(self._digests) >= self.DIGESTS_KEPT:
+                self._digests.pop(next(iter(self._digests)))
+            self._digests[rel] = (len(data), hashlib.sha256(data).hexdigest())
+
+    def _digest(self, rel: str) -> tuple[int, str]:
+        got = self._digests.get(rel)
+        if got is None:  # written by an earlier run, or long ago
+            sha, size = sha256_file(os.path.join(self.directory, rel))
+            got = (size, sha)
+        return got
+
+    def _add(self, enc: Encoded) -> None:
+        assert self._records is not None
+        if enc.record is None:
+            raise ValueError("FilesWriter needs Encoded.record (use the files-layout encoder)")
+        self.store_files(enc)
+        for rel in record_image_paths(enc.record):
+            try:
+                size, sha = self._digest(rel)
+            except OSError as exc:
+                self._discard()
+                raise WriteError(os.path.join(self.directory, rel), exc, RESUME_HINT) from None
+            update_content_hash(self._content, rel, size, sha)
         self._records.append(enc.record)
 
     def _finish(self) -> ShardInfo:
@@ -295,10 +325,19 @@ class FilesWriter(_RotatingWriter):
         self._records = None
 
 
-def update_content_hash(sha, rel: str, data: bytes) -> None:
-    """Fold one frame file into a part's content hash (path, length, bytes)."""
-    sha.update(rel.encode("utf-8") + b"\0" + str(len(data)).encode() + b"\0")
-    sha.update(data)
+def record_image_paths(record: dict[str, Any]) -> list[str]:
+    """The frame paths a MiniCPM-V record names, in order."""
+    image = record.get("image")
+    if isinstance(image, str):
+        return [image]
+    if isinstance(image, dict):
+        return [str(v) for v in image.values()]
+    return []
+
+
+def update_content_hash(sha, rel: str, size: int, file_sha256: str) -> None:
+    """Fold one frame file into a part's content hash (path, length, the file's sha256)."""
+    sha.update(f"{rel}\0{size}\0{file_sha256}\n".encode("utf-8"))
 
 
 def read_tar_keys(path: str) -> tuple[list[str], int]:

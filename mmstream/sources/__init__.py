@@ -26,7 +26,7 @@ from typing import Iterator, Union
 from ..config import SourceConfig
 from ..errors import BAD_RECORD, ConfigError, SampleError
 from ..types import Record
-from .jsonstream import iter_json, sniff
+from .jsonstream import Span, scan, sniff
 from .schemas import CONVERTERS, Converter, Slot, check_tags, looks_like_t2vid_pages
 
 FORMATS = tuple(CONVERTERS) + ("auto",)
@@ -78,6 +78,12 @@ def _convert_auto(obj: dict, at: Slot) -> Record:
     return CONVERTERS[detect_format(obj)](obj, at)
 
 
+def converter_for(src: SourceConfig) -> Converter:
+    if src.format not in FORMATS:
+        raise ConfigError(f"source {src.name!r}: format {src.format!r} is not one of {FORMATS}")
+    return _convert_auto if src.format == "auto" else CONVERTERS[src.format]
+
+
 def iter_source(src: SourceConfig) -> Iterator[Union[Record, SampleError]]:
     """Yield one :class:`Record` or :class:`SampleError` per position of ``src.annotations``.
 
@@ -85,29 +91,35 @@ def iter_source(src: SourceConfig) -> Iterator[Union[Record, SampleError]]:
     annotation file) filled in. Raises :class:`ConfigError` at once for an unknown
     format or an annotation file that is missing, unreadable or not JSON/JSONL.
     """
-    if src.format not in FORMATS:
-        raise ConfigError(f"source {src.name!r}: format {src.format!r} is not one of {FORMATS}")
-    convert = _convert_auto if src.format == "auto" else CONVERTERS[src.format]
+    items = iter_source_spans(src)
+    return (item for item, _ in items)
+
+
+def iter_source_spans(src: SourceConfig) -> Iterator[tuple[Union[Record, SampleError], Span]]:
+    """:func:`iter_source` with the byte span of each position (see :mod:`.jsonstream`)."""
+    convert = converter_for(src)
     sniff(src.annotations)  # raise config problems here, not at the first next()
     return _iter(src, convert)
 
 
-def _iter(src: SourceConfig, convert: Converter) -> Iterator[Union[Record, SampleError]]:
-    path = src.annotations
+def _iter(src: SourceConfig, convert: Converter) -> Iterator[tuple[Union[Record, SampleError], Span]]:
     if src.limit is not None and src.limit <= 0:
         return
-    items = iter_json(path)
+    items = scan(src.annotations)
     try:
-        for position, obj in enumerate(items):
-            key = record_key(src.name, position)
-            yield _one(obj, Slot(key, position, src.name, src.media_root), convert, path)
+        for position, (obj, span) in enumerate(items):
+            yield one_item(obj, record_key(src.name, position), position, src, convert), span
             if src.limit is not None and position + 1 >= src.limit:
                 return
     finally:
         items.close()  # release the file handle when the consumer stops early
 
 
-def _one(obj: object, at: Slot, convert: Converter, path: str) -> Union[Record, SampleError]:
+def one_item(obj: object, key: str, position: int, src: SourceConfig,
+             convert: Converter) -> Union[Record, SampleError]:
+    """One parsed annotation value (or the error standing for it) as the stream's item."""
+    at = Slot(key, position, src.name, src.media_root)
+    path = src.annotations
     if isinstance(obj, SampleError):
         return obj.with_context(key=at.key, path=path)
     if not isinstance(obj, dict):
@@ -121,4 +133,5 @@ def _one(obj: object, at: Slot, convert: Converter, path: str) -> Union[Record, 
     return record
 
 
-__all__ = ["iter_source", "detect_format", "record_key", "FORMATS"]
+__all__ = ["iter_source", "iter_source_spans", "one_item", "converter_for", "detect_format", "record_key",
+           "FORMATS"]

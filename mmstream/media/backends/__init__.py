@@ -1,4 +1,5 @@
-"""Decoder backends, chosen by ``sampling.decoder``: ``pyav`` | ``decord`` | ``auto``.
+"""Decoder backends, chosen by ``sampling.decoder``: ``pyav`` | ``decord`` | ``auto``, or
+``package.module:Class`` for a :class:`~.base.Backend` subclass of your own.
 
 ``auto`` picks PyAV when it imports: on this kind of machine it decodes in order
 faster than decord, holds ~200 MB less and returned the right frame every time,
@@ -62,4 +63,20 @@ def get_backend(name: str) -> Backend:
         except ImportError as exc:
             raise ConfigError(f"decoder 'decord' unavailable: {exc}") from None
         return DecordBackend()
-    raise ConfigError(f"unknown decoder {name!r}; choose auto, pyav or decord")
+    if ":" in name:
+        return _custom(name)
+    raise ConfigError(f"unknown decoder {name!r}; choose auto, pyav or decord (or module:Class)")
+
+
+def _custom(name: str) -> Backend:
+    """A backend class named ``package.module:Class`` (a subclass of :class:`Backend`)."""
+    import importlib
+
+    module, _, attr = name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"decoder {name!r}: cannot import it ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ConfigError(f"decoder {name!r} is not a subclass of mmstream.media.backends.base.Backend")
+    return cls()
