@@ -17,7 +17,9 @@ Writes into the output folder::
     videos/*.mp4|webm          the clips (see manifest.json for what each one is)
     annotations/epoch.jsonl    LLaVA-style records over the epoch set (QA_PER_VIDEO per clip)
     annotations/mem_*.jsonl    records for the memory comparison (same clip, 1 min vs 30 min)
-    epoch.yaml, mem_1min.yaml, mem_30min.yaml   mmstream configs (T2Vid: 1 fps, 24 frames)
+    annotations/qa_k*.jsonl    the epoch set's videos with k = 1, 2, 4, 8 records each, scattered
+    annotations/mix_mem.jsonl  the 720p epoch videos, 8 records each (mix-buffer memory)
+    epoch.yaml, mem_*.yaml, qa_k*.yaml, mix_mem.yaml   mmstream configs (T2Vid: 1 fps, 24 frames)
     manifest.json              every clip: size, codec, GOP, duration, role
 
 Building is idempotent: existing files are kept.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -38,9 +41,14 @@ sys.path.insert(0, ROOT)
 from mmstream.demo import build_once, footage_dir  # noqa: E402
 
 #: Records per video in the epoch set. One, as in caption data (ShareGemini-WebVid, T2Vid's
-#: main real-video source); QA sets (Video-ChatGPT) ask several questions per video, and
-#: the stream decodes a video once per record: run_all.py reports that case too.
+#: main real-video source); QA sets (Video-ChatGPT, LLaVA-Video-178K) ask several questions
+#: per video: the qa_k* sets below.
 QA_PER_VIDEO = 1
+#: The QA sets: the epoch set's videos with k records each, a video's records scattered over
+#: the file (qa_k1.yaml ... qa_k8.yaml).
+QA_KS = (1, 2, 4, 8)
+#: The mix-buffer memory set: the epoch set's 720p videos, 8 records each, mix_buffer 32.
+MIX_MEM_PER_VIDEO = 8
 
 # Encoded segments: name -> (source footage, width, height, codec, gop, seconds). Every
 # generated clip is a number of copies of one segment joined with stream copy, so its
@@ -110,7 +118,7 @@ sources:
   - {{name: {name}, format: llava, annotations: annotations/{name}.jsonl, media_root: .}}
 sampling: {{fps: 1.0, max_frames: 24, strategy: t2vid, decoder: {decoder}}}
 filter: {{one_video_in_first_turn: true}}
-loader: {{seed: 0, mix_buffer: 32, mix_buffer_mb: 512}}
+loader: {{seed: 0, mix_buffer: {mix_buffer}, mix_buffer_mb: {mix_buffer_mb}}}
 strict: false
 """
 
@@ -193,14 +201,19 @@ def clip_name(base: str, copies: int, segments: dict) -> str:
     return f"{base}_{seconds * copies}s.{'webm' if codec == 'vp9' else 'mp4'}"
 
 
-def records(clips: list[str], per_video: int) -> list[dict]:
+def records(clips: list[str], per_video: int, scatter: bool = False) -> list[dict]:
+    """``per_video`` records per clip; ``scatter`` shuffles them (seeded) so that a video's
+    records lie anywhere in the file, as in real QA annotation files."""
     out = []
     for q in range(per_video):
         for name in clips:
             stem = os.path.splitext(name)[0]
+            question = QUESTIONS[q % len(QUESTIONS)] + (f" (question {q + 1})" if q >= len(QUESTIONS) else "")
             out.append({"id": f"{stem}_q{q}", "video": f"videos/{name}",
-                        "conversations": [{"from": "human", "value": "<video>\n" + QUESTIONS[q % len(QUESTIONS)]},
-                                          {"from": "gpt", "value": f"An answer about {stem}."}]})
+                        "conversations": [{"from": "human", "value": "<video>\n" + question},
+                                          {"from": "gpt", "value": f"Answer {q + 1} about {stem}."}]})
+    if scatter:
+        random.Random(per_video).shuffle(out)
     return out
 
 
@@ -249,11 +262,18 @@ def build(out_dir: str, quick: bool = False, verbose: bool = True, decoder: str 
     by_role = lambda role: [n for n, roles in roles_of.items() if role in roles]  # noqa: E731
     sets = {"epoch": records(by_role("epoch"), QA_PER_VIDEO),
             "mem_1min": records(by_role("mem_1min"), 3), "mem_30min": records(by_role("mem_30min"), 3)}
+    for k in QA_KS:
+        sets[f"qa_k{k}"] = records(by_role("epoch"), k, scatter=True)
+    hd = [n for n in by_role("epoch") if manifest["clips"][n]["height"] == max(
+        manifest["clips"][c]["height"] for c in by_role("epoch") if manifest["clips"][c]["height"] <= 720)]
+    sets["mix_mem"] = records(hd, MIX_MEM_PER_VIDEO, scatter=True)
+    mix = {"mix_mem": (32, "null")}  # the count alone bounds the buffer here
     for name, recs in sets.items():
         with open(os.path.join(ann, f"{name}.jsonl"), "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in recs)
+        buf, mb = mix.get(name, (32, 512))
         with open(os.path.join(out_dir, f"{name}.yaml"), "w") as f:
-            f.write(CONFIG.format(name=name, decoder=decoder))
+            f.write(CONFIG.format(name=name, decoder=decoder, mix_buffer=buf, mix_buffer_mb=mb))
     manifest["configs"] = {name: f"{name}.yaml" for name in sets}
     manifest["records"] = {name: len(recs) for name, recs in sets.items()}
     manifest["epoch_video_seconds"] = round(sum(manifest["clips"][n]["seconds"] for n in by_role("epoch")), 1)

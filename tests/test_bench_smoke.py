@@ -84,3 +84,25 @@ def test_plot_is_a_png(tmp_path):
                       title="t", hlines={"c": 0.5})
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size == (900, 560)
+
+
+@requires_ffmpeg
+def test_qa_set_decodes_each_video_once(quick_data):
+    out, manifest = quick_data
+    videos = sum("epoch" in c["roles"] for c in manifest["clips"].values())
+    assert manifest["records"]["qa_k4"] == 4 * videos
+    r = run_json("-m", "mmstream.cli", "bench", str(out / "qa_k4.yaml"), "--workers", "2", "--json")
+    check_result(r, 4 * videos)
+    assert r["decodes"] == videos and r["records_per_decode"] == 4
+    assert len(r["mix_peak_mb"]) == 2 and max(r["mix_peak_mb"]) > 0
+    # a video's records are not side by side in the file
+    with open(out / "annotations" / "qa_k4.jsonl") as f:
+        videos_in_order = [json.loads(line)["video"] for line in f]
+    assert sum(a == b for a, b in zip(videos_in_order, videos_in_order[1:])) < len(videos_in_order) // 4
+
+
+def test_index_memory_script(tmp_path):
+    r = run_json(os.path.join("benchmarks", "index_memory.py"), "--records", "3000", "--videos", "400",
+                 "--data", str(tmp_path), "--json")
+    assert r["records"] == 3000 and r["groups"] == 400 and sum(r["worker_records"]) == 3000
+    assert 0 < r["index_mb"] < 1 and all(m < 50 for m in r["worker_index_mb"])

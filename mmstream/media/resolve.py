@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,11 +27,17 @@ def inside_root(path: str, root: str) -> str:
     The check is lexical (``..`` cannot climb out); symlinks inside the root are
     followed wherever they point, as dataset folders of links are common.
     """
-    root = os.path.abspath(root)
-    full = os.path.normpath(os.path.join(root, os.path.expanduser(path)))
-    if full != root and not full.startswith(root.rstrip(os.sep) + os.sep):
+    root, prefix = _root(root)
+    full = os.path.normpath(os.path.join(root, os.path.expanduser(path) if path[:1] == "~" else path))
+    if full != root and not full.startswith(prefix):
         raise SampleError(PATH_OUTSIDE_ROOT, f"{path!r} resolves outside media root {root}", path=full)
     return full
+
+
+@lru_cache(maxsize=1024)
+def _root(root: str) -> tuple[str, str]:
+    root = os.path.abspath(root)
+    return root, root.rstrip(os.sep) + os.sep
 
 
 def read_sidecar_fps(folder: str) -> Optional[str]:

@@ -21,6 +21,7 @@ content (:mod:`mmstream.sources.jsonstream`).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Iterator, Union
 
 from ..config import SourceConfig
@@ -36,7 +37,12 @@ _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 def record_key(source: str, position: int) -> str:
     """The sample key of ``position`` in source ``source``: ``"vcg-00000042"``."""
-    return f"{_UNSAFE_KEY_CHARS.sub('_', source)}-{position:08d}"
+    return f"{_key_prefix(source)}-{position:08d}"
+
+
+@lru_cache(maxsize=256)
+def _key_prefix(source: str) -> str:
+    return _UNSAFE_KEY_CHARS.sub("_", source)
 
 
 def detect_format(obj: dict) -> str:

@@ -69,7 +69,8 @@ def media_signature(record: Record) -> Optional[tuple]:
 
 
 def _key_hash(source: int, signature: tuple) -> int:
-    data = repr((source, signature)).encode("utf-8", "surrogatepass")
+    """A stable 64-bit hash (the same in every process, unlike ``hash()``)."""
+    data = "\0".join([str(source)] + ["\1".join(part) for part in signature]).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
