@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0   # the CPU build; a looser pin pulls a multi-GB CUDA build
 	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps 'llama-index-core==0.14.25'   # only for the NLTK punkt_tab data its wheel carries (T2Vid pages)
 	touch $@
 
 setup: system-deps $(VENV)/.installed
