@@ -27,3 +27,15 @@ def decode_log(path):
             return [line.split("\t")[0] for line in f if line.strip()]
     except FileNotFoundError:
         return []
+
+
+class SlowBackend(PyAVBackend):
+    """Sleeps before each decode (MMSTREAM_TEST_DECODE_SLEEP seconds, default 0.5): a long run to kill."""
+
+    name = "slow"
+
+    def read(self, path, info, positions, size, threads=1, salvage=False):
+        import time
+
+        time.sleep(float(os.environ.get("MMSTREAM_TEST_DECODE_SLEEP", "0.5")))
+        return super().read(path, info, positions, size, threads, salvage)
