@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import ROOT  # noqa: E402
 
 CHILD = r"""
-import json, sys, time
+import json, os, sys, time
 from torch.utils.data import DataLoader
 from mmstream import StreamingDataset
 from mmstream.benchmark import proc_status_mb
@@ -47,7 +47,7 @@ class Walk(StreamingDataset):
                       + self.index.source.sum() + self.index.group.sum())
         yield {"records": n, "rss_mb": proc_status_mb("VmRSS"), "hwm_mb": proc_status_mb("VmHWM"), "t": touched}
 
-cfg = {"sources": [{"name": "llava178k", "format": "llava", "annotations": sys.argv[1], "media_root": "/nonexistent"}]}
+cfg = {"sources": [{"name": "llava178k", "format": "llava", "annotations": sys.argv[1], "media_root": os.path.dirname(sys.argv[1])}]}
 rss0 = proc_status_mb("VmRSS")
 t0 = time.perf_counter()
 ds = Walk(cfg, progress=False)

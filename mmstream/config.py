@@ -1,15 +1,21 @@
-"""The YAML config: one dataclass per section, unknown keys rejected at start-up.
+"""The YAML config: one dataclass per section, every knob checked at start-up.
 
 Paths in a config file are relative to the file's folder. A source may override
 ``sampling`` and ``filter`` keys for itself (T2Vid samples real videos and text pages
 differently); the override is merged over the top-level section.
+
+Each knob is declared with :func:`knob`, which states its default and its allowed
+values (a minimum, a maximum, choices); :func:`load_config` checks the type and range
+of every knob against its declaration and raises one :class:`ConfigError` naming the
+key path (``sources[1].sampling.fps``). Unknown keys are errors too.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
 
@@ -18,13 +24,30 @@ from .errors import ConfigError
 SOURCE_FORMATS = ("videochatgpt", "llava", "llava_pretrain", "sharegpt", "t2vid_synthetic",
                   "t2vid_raw", "minicpmv", "auto")
 STRATEGIES = ("t2vid", "uniform", "none")
-DECODERS = ("auto", "pyav", "decord")
+DECODERS = ("auto", "pyav", "decord", "torchcodec")
+
+
+def knob(default: Any = None, *, factory: Optional[Callable[[], Any]] = None, min: Any = None, gt: Any = None,
+         max: Any = None, choices: Optional[tuple] = None, check: Optional[Callable[[Any], Optional[str]]] = None):
+    """A config field: its default and what values it takes. ``check(value)`` returns an
+    error text or None."""
+    meta = {k: v for k, v in (("min", min), ("gt", gt), ("max", max), ("choices", choices), ("check", check))
+            if v is not None}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _decoder_name(value: str) -> Optional[str]:
+    if value in DECODERS or (":" in value and all(value.partition(":")[::2])):
+        return None
+    return f"is not one of {DECODERS} (or package.module:Class)"
 
 
 @dataclass
 class ResizeConfig:
-    short_side: Optional[int] = None  # scale so the short side is this many pixels
-    max_pixels: Optional[int] = None  # scale down (never up) so width*height <= this
+    short_side: Optional[int] = knob(None, min=1)  # scale so the short side is this many pixels
+    max_pixels: Optional[int] = knob(None, min=1)  # scale down (never up) so width*height <= this
 
 
 @dataclass
@@ -32,71 +55,76 @@ class PagesConfig:
     """T2Vid text pages rendered on the fly (REFERENCE section 5)."""
 
     font: str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # Debian fonts-dejavu-core (make setup installs it)
-    font_size: int = 20
-    size: int = 448  # square page, pixels
-    margin: int = 20  # left margin, pixels
-    wrap_width: int = 408  # greedy word wrap width, pixels
-    words_per_page: int = 115
+    font_size: int = knob(20, min=1)
+    size: int = knob(448, min=16)  # square page, pixels
+    margin: int = knob(20, min=0)  # left margin, pixels
+    wrap_width: int = knob(408, min=1)  # word wrap width, pixels
+    words_per_page: int = knob(115, min=1)  # tokens per page (NLTK word_tokenize tokens)
 
 
 @dataclass
 class SamplingConfig:
-    fps: Optional[float] = 1.0  # ffmpeg fps-filter rate; null keeps every decoded frame
-    max_frames: Optional[int] = 24  # cap after fps sampling; null: no cap
-    strategy: str = "t2vid"  # how to cap: t2vid | uniform | none
-    decoder: str = "auto"  # auto | pyav | decord
-    decoder_threads: int = 1  # per DataLoader worker (0: the cores shared among the workers); more workers use cores better
-    resize: ResizeConfig = field(default_factory=ResizeConfig)
-    frame_folder_fps: Optional[float] = None  # rate of frame folders with no sidecar; null: frames are already sampled
+    fps: Optional[float] = knob(1.0, gt=0)  # ffmpeg fps-filter rate; null keeps every decoded frame
+    max_frames: Optional[int] = knob(24, min=1)  # cap after fps sampling; null: no cap
+    strategy: str = knob("t2vid", choices=STRATEGIES)  # how to cap: t2vid | uniform | none
+    decoder: str = knob("auto", check=_decoder_name)  # auto | pyav | decord | torchcodec | module:Class
+    # per DataLoader worker (0: the cores shared among the workers); more workers use cores better
+    decoder_threads: int = knob(1, min=0)
+    resize: ResizeConfig = knob(factory=ResizeConfig)
+    frame_folder_fps: Optional[float] = knob(None, gt=0)  # rate of frame folders with no sidecar; null: as they are
     salvage: bool = False  # keep the decodable prefix of a damaged video (like the ffmpeg CLI)
-    video_exts: list[str] = field(default_factory=lambda: ["mp4", "mkv", "webm", "avi", "mov"])
-    pages: PagesConfig = field(default_factory=PagesConfig)
+    # seconds one media item may take to open, probe or decode in the decode helper process;
+    # past it the helper is killed and the record dropped (decode_timeout); null: decode in the worker itself
+    decode_timeout: Optional[float] = knob(60.0, gt=0)
+    decoder_max_rss_mb: Optional[float] = knob(None, gt=0)  # replace the helper between items above this RSS
+    video_exts: list[str] = knob(factory=lambda: ["mp4", "mkv", "webm", "avi", "mov"])
+    pages: PagesConfig = knob(factory=PagesConfig)
 
 
 @dataclass
 class FilterConfig:
-    max_frames: Optional[int] = None  # drop samples with more frames (exactly this many pass)
-    max_tokens: Optional[int] = None  # drop samples whose text + visual tokens exceed this
+    max_frames: Optional[int] = knob(None, min=1)  # drop samples with more frames (exactly this many pass)
+    max_tokens: Optional[int] = knob(None, min=1)  # drop samples whose text + visual tokens exceed this
     one_video_in_first_turn: bool = False  # T2Vid: exactly one <video>, in the first turn
-    max_first_turn_words: Optional[int] = None  # T2Vid: drop when the first user turn has >= this many words
+    max_first_turn_words: Optional[int] = knob(None, min=1)  # T2Vid: drop when the first user turn has >= this many
 
 
 @dataclass
 class ModelConfig:
     name: str = "minicpmv-2.5"
     tokenizer: Optional[str] = None  # local directory or hub name for transformers.AutoTokenizer
-    token_count: str = "t2vid"  # t2vid | chat_template
-    options: dict[str, Any] = field(default_factory=dict)  # per-family knobs (max_slice_nums, ...)
+    token_count: str = knob("t2vid", choices=("t2vid", "chat_template"))
+    options: dict[str, Any] = knob(factory=dict)  # per-family knobs (max_slice_nums, ...), checked by the model
 
 
 @dataclass
 class OutputConfig:
-    format: str = "minicpmv"  # megatron | minicpmv | idefics3
-    layout: str = "wds"  # wds | files
-    maxcount: int = 10000  # samples per shard
-    jpeg_quality: int = 95
-    options: dict[str, Any] = field(default_factory=dict)
+    format: str = knob("minicpmv", choices=("megatron", "minicpmv", "idefics3"))
+    layout: str = knob("wds", choices=("wds", "files"))
+    maxcount: int = knob(10000, min=1)  # samples per shard
+    jpeg_quality: int = knob(95, min=1, max=100)
+    options: dict[str, Any] = knob(factory=dict)
 
 
 @dataclass
 class SourceConfig:
     name: str
     annotations: str
-    format: str = "auto"
+    format: str = knob("auto", choices=SOURCE_FORMATS)
     media_root: Optional[str] = None
-    limit: Optional[int] = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # merged with the top level
-    filter: FilterConfig = field(default_factory=FilterConfig)  # merged with the top level
+    limit: Optional[int] = knob(None, min=0)
+    sampling: SamplingConfig = knob(factory=SamplingConfig)  # merged with the top level
+    filter: FilterConfig = knob(factory=FilterConfig)  # merged with the top level
 
 
 @dataclass
 class LoaderConfig:
     seed: int = 0
     shuffle: bool = True  # shuffle the decode groups (and so the records) per (seed, epoch)
-    mix_buffer: int = 32  # decoded samples a worker holds to interleave groups (0: group by group)
-    mix_buffer_mb: Optional[float] = 512  # ...and at most this many MB of their frames (null: no bound)
-    rank: Optional[int] = None  # default: torch.distributed, then RANK env
-    world_size: Optional[int] = None  # default: torch.distributed, then WORLD_SIZE env
+    mix_buffer: int = knob(32, min=0)  # decoded samples a worker holds to interleave groups (0: group by group)
+    mix_buffer_mb: Optional[float] = knob(512, gt=0)  # ...and at most this many MB of their frames (null: no bound)
+    rank: Optional[int] = knob(None, min=0)  # default: torch.distributed, then RANK env
+    world_size: Optional[int] = knob(None, min=1)  # default: torch.distributed, then WORLD_SIZE env
 
 
 @dataclass
@@ -113,6 +141,82 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+# -- checking ---------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin is Union:
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, typing.get_args(tp)[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def check_section(obj: Any, where: str) -> None:
+    """Check every knob of a config dataclass (recursively): type, then range."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        path = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            check_section(value, path)
+            continue
+        if f.name == "sources":
+            continue  # checked one by one
+        tp = hints[f.name]
+        if not _type_ok(value, tp):
+            raise ConfigError(f"{path}: must be {_type_name(tp)}, got {value!r:.80}")
+        if value is None:
+            continue
+        m = f.metadata
+        if "choices" in m and value not in m["choices"]:
+            raise ConfigError(f"{path}: {value!r} is not one of {m['choices']}")
+        if "min" in m and value < m["min"]:
+            raise ConfigError(f"{path}: must be >= {m['min']}" + (" or null" if _optional(tp) else "")
+                              + f" (got {value!r})")
+        if "gt" in m and not value > m["gt"]:
+            raise ConfigError(f"{path}: must be > {m['gt']}" + (" or null" if _optional(tp) else "")
+                              + f" (got {value!r})")
+        if "max" in m and value > m["max"]:
+            raise ConfigError(f"{path}: must be <= {m['max']} (got {value!r})")
+        if "check" in m:
+            problem = m["check"](value)
+            if problem:
+                raise ConfigError(f"{path}: {value!r} {problem}")
+
+
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) is Union and type(None) in typing.get_args(tp)
+
+
+# -- building ---------------------------------------------------------------------------
 
 def _build(cls, data: Any, where: str):
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys by name."""
@@ -171,6 +275,8 @@ def load_config(source: Union[str, os.PathLike, dict, Config], **overrides: Any)
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path}: expected a mapping at the top, got {type(data).__name__}")
         data.setdefault("base_dir", os.path.dirname(os.path.abspath(path)))
     elif isinstance(source, dict):
         data = dict(source)
@@ -187,8 +293,8 @@ def _from_dict(data: dict) -> Config:
     if unknown:
         raise ConfigError(f"config: unknown key(s) {unknown}; known: {sorted(known)}")
     base_dir = os.path.abspath(data.get("base_dir") or ".")
-    sampling = _asdict(data.get("sampling"))
-    filt = _asdict(data.get("filter"))
+    sampling = _asdict(data.get("sampling"), "sampling")
+    filt = _asdict(data.get("filter"), "filter")
     raw_sources = data.get("sources")
     if not raw_sources or not isinstance(raw_sources, list):
         raise ConfigError("config: 'sources' must be a non-empty list")
@@ -200,46 +306,39 @@ def _from_dict(data: dict) -> Config:
             raise ConfigError(f"{where}: expected a mapping")
         raw = dict(raw)
         for req in ("name", "annotations"):
-            if not raw.get(req):
-                raise ConfigError(f"{where}: '{req}' is required")
+            if not raw.get(req) or not isinstance(raw[req], (str, os.PathLike)):
+                raise ConfigError(f"{where}.{req}: is required (a string)")
         name = str(raw["name"])
         if name in seen:
             raise ConfigError(f"{where}: source name {name!r} is used twice (keys must be unique)")
         if "." in name or "/" in name:
             raise ConfigError(f"{where}: source name {name!r} may not contain '.' or '/' (it prefixes sample keys)")
         seen.add(name)
-        raw["sampling"] = _build(SamplingConfig, _merge(sampling, raw.get("sampling")), f"{where}.sampling")
-        raw["filter"] = _build(FilterConfig, _merge(filt, raw.get("filter")), f"{where}.filter")
+        raw["sampling"] = _build(SamplingConfig, _merge(sampling, _asdict(raw.get("sampling"), f"{where}.sampling")),
+                                 f"{where}.sampling")
+        raw["filter"] = _build(FilterConfig, _merge(filt, _asdict(raw.get("filter"), f"{where}.filter")),
+                               f"{where}.filter")
         src = _build(SourceConfig, raw, where)
-        src.annotations = _resolve(base_dir, src.annotations)
+        check_section(src, where)
+        src.annotations = _resolve(base_dir, os.fspath(src.annotations))
         src.media_root = _resolve(base_dir, src.media_root) if src.media_root else os.path.dirname(src.annotations)
-        if src.format not in SOURCE_FORMATS:
-            raise ConfigError(f"{where}.format: {src.format!r} is not one of {SOURCE_FORMATS}")
-        if src.limit is not None and (not isinstance(src.limit, int) or src.limit < 0):
-            raise ConfigError(f"{where}.limit: must be a non-negative integer or null")
-        _check_sampling(src.sampling, f"{where}.sampling")
         sources.append(src)
+    model = data.get("model")
     cfg = Config(
         sources=sources,
         sampling=_build(SamplingConfig, sampling, "sampling"),
         filter=_build(FilterConfig, filt, "filter"),
         loader=_build(LoaderConfig, _loader_section(data.get("loader")), "loader"),
-        model=_build(ModelConfig, data["model"], "model") if data.get("model") else None,
+        model=_build(ModelConfig, model, "model") if model else None,
         output=_build(OutputConfig, data.get("output"), "output"),
-        strict=bool(data.get("strict", False)),
+        strict=data.get("strict", False),
         base_dir=base_dir,
     )
+    check_section(cfg, "")
     if cfg.model is not None and cfg.model.tokenizer:
         tok = _resolve(base_dir, cfg.model.tokenizer)
         if os.path.exists(tok):  # a local folder next to the config; otherwise a hub name
             cfg.model.tokenizer = tok
-    _check_sampling(cfg.sampling, "sampling")
-    loader = cfg.loader
-    if not isinstance(loader.mix_buffer, int) or isinstance(loader.mix_buffer, bool) or loader.mix_buffer < 0:
-        raise ConfigError(f"loader.mix_buffer: must be an integer >= 0 (got {loader.mix_buffer!r})")
-    if loader.mix_buffer_mb is not None and not (isinstance(loader.mix_buffer_mb, (int, float))
-                                                 and loader.mix_buffer_mb > 0):
-        raise ConfigError(f"loader.mix_buffer_mb: must be a number > 0 or null (got {loader.mix_buffer_mb!r})")
     return cfg
 
 
@@ -250,24 +349,11 @@ def _loader_section(section: Any) -> Any:
     return section
 
 
-def _asdict(section: Any) -> dict:
+def _asdict(section: Any, where: str) -> dict:
     if section is None:
         return {}
     if dataclasses.is_dataclass(section):
         return dataclasses.asdict(section)
     if not isinstance(section, dict):
-        raise ConfigError(f"expected a mapping, got {type(section).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(section).__name__}")
     return dict(section)
-
-
-def _check_sampling(s: SamplingConfig, where: str) -> None:
-    if s.fps is not None and not float(s.fps) > 0:
-        raise ConfigError(f"{where}.fps: must be > 0 or null (got {s.fps})")
-    if s.max_frames is not None and s.max_frames < 1:
-        raise ConfigError(f"{where}.max_frames: must be >= 1 or null")
-    if s.strategy not in STRATEGIES:
-        raise ConfigError(f"{where}.strategy: {s.strategy!r} is not one of {STRATEGIES}")
-    if not isinstance(s.decoder, str) or (s.decoder not in DECODERS and ":" not in s.decoder):
-        raise ConfigError(f"{where}.decoder: {s.decoder!r} is not one of {DECODERS} (or module:Class)")
-    if s.decoder_threads < 0:
-        raise ConfigError(f"{where}.decoder_threads: must be >= 0 (0: the cores shared among the DataLoader workers)")

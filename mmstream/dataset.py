@@ -38,7 +38,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from . import timing
 from .config import Config, load_config
 from .dist import resolve_rank
-from .errors import SampleError
+from .errors import ConfigError, SampleError
+from .lifetime import die_with_parent
 from .mix import MixBuffer
 from .pipeline import Pipeline
 from .sources.index import RecordIndex, media_signature
@@ -85,7 +86,10 @@ class StreamingDataset(IterableDataset):
             from .models import get_model  # validates name and tokenizer now, not in a worker
 
             self.model = get_model(self.config.model)
-        self.index = RecordIndex.build(self.config, progress=progress)
+        check_runtime(self.config)
+        resolve_rank(self._rank, self._world, self.config)
+        self.pipeline = Pipeline(self.config, self.model)  # its budgets check the filter sections now
+        self.index = RecordIndex.build(self.config, progress=progress)  # annotation files: ConfigError now
         self.epoch = 0
         self._resume: Optional[dict[str, Any]] = None
         self._progress: Optional[_Progress] = None
@@ -145,6 +149,8 @@ class StreamingDataset(IterableDataset):
 
     # -- the stream -----------------------------------------------------------------
     def __iter__(self) -> Iterator[Union[Sample, Drop]]:
+        if get_worker_info() is not None:
+            die_with_parent()  # a worker must not outlive a killed training or cache run
         me, total = self.shard()
         loader = self.config.loader
         mine = self.epoch_groups()[me::total]
@@ -154,7 +160,15 @@ class StreamingDataset(IterableDataset):
         mix = MixBuffer(loader.mix_buffer, max_bytes, seed=(loader.seed, self.epoch, me), state=resume["mix"])
         progress = _Progress(resume["groups_done"], mix, self._pending_groups(resume["pending"]))
         self._progress = progress
-        pipe = Pipeline(self.config, self.model)
+        pipe = self.pipeline
+        try:
+            yield from self._stream(pipe, mix, progress, mine)
+        finally:
+            pipe.close()  # the decode helper goes with the iteration
+        timing.peak("mix_peak_bytes", mix.stats.peak_bytes)
+        timing.peak("mix_peak_samples", mix.stats.peak_samples)
+
+    def _stream(self, pipe, mix, progress, mine):
         while progress.pending_groups:  # taken before the state was saved, not all handed out
             g, positions = progress.pending_groups[0]
             outcomes = self._run_group(pipe, g, positions)
@@ -168,8 +182,9 @@ class StreamingDataset(IterableDataset):
             mix.add(g, outcomes, _frames_bytes(outcomes))
             yield from self._hand_out(mix)
         yield from self._hand_out(mix, flush=True)
-        timing.peak("mix_peak_bytes", mix.stats.peak_bytes)
-        timing.peak("mix_peak_samples", mix.stats.peak_samples)
+        for name in ("restarts", "recycled"):  # decode helpers replaced (timeouts and crashes; RSS)
+            if getattr(pipe.supervised, name):
+                self.stats[f"decoder_{name}"] = getattr(pipe.supervised, name)
 
     def _pending_groups(self, positions: list[int]) -> list[tuple[int, list[int]]]:
         groups: dict[int, list[int]] = {}
@@ -232,6 +247,27 @@ class StreamingDataset(IterableDataset):
             return Drop(key=exc.key or "", source=exc.source or "", reason=exc.reason, path=exc.path,
                         message=exc.message)
         return None
+
+
+def check_runtime(config: Config) -> None:
+    """What the config names that must exist where it runs: each source's media root,
+    its decoder (it imports) and, for sources that render text pages, the page font
+    and NLTK's data. ConfigError now,
+    in the main process, rather than in every worker."""
+    from .media.backends import get_backend
+    from .media.pages import load_font, page_tokens
+
+    for src in config.sources:
+        where = f"source {src.name!r}"
+        if not os.path.isdir(src.media_root):
+            raise ConfigError(f"{where}: media_root {src.media_root} is not a folder")
+        try:
+            get_backend(src.sampling.decoder)
+            if src.format == "t2vid_raw":
+                load_font(src.sampling.pages.font, src.sampling.pages.font_size)
+                page_tokens("A check.")  # NLTK and its punkt data
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def _frames_bytes(outcomes: list[tuple[int, Any]]) -> int:

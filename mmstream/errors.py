@@ -60,5 +60,7 @@ MISSING_MEDIA = "missing_media"
 NOT_A_FILE = "not_a_file"  # the media path exists but is not a regular file (a FIFO, a device)
 PATH_OUTSIDE_ROOT = "path_outside_root"
 DECODE_ERROR = "decode_error"
+DECODE_TIMEOUT = "decode_timeout"  # planning or decoding one media item ran past sampling.decode_timeout
+DECODER_CRASHED = "decoder_crashed"  # the decoder process died (a segfault, the OOM killer)
 NO_FRAMES = "no_frames"
 MEDIA_TAG_MISMATCH = "media_tag_mismatch"

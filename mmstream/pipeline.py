@@ -16,7 +16,8 @@ from typing import Optional, Sequence, Union
 from . import timing
 from .config import Config, FilterConfig, SourceConfig
 from .errors import SampleError
-from .media import decode_media, fit_plan, plan_media
+from .media import fit_plan
+from .media.supervise import InProcess, Supervised
 from .types import MediaPlan, Record, Sample
 
 Outcome = Union[Sample, SampleError]
@@ -28,6 +29,19 @@ class Pipeline:
         self.model = model
         self.sources = {s.name: s for s in config.sources}
         self.budgets = {s.name: self._budget(s.filter) for s in config.sources}
+        self.supervised = Supervised()  # the decode helper of this process, started on first use
+        self.in_process = InProcess()
+
+    def runner(self, sampling, from_text: bool = False):
+        """Where a media item is opened and decoded: the supervised helper, unless the
+        source turned the limit off (or the item is pages rendered from text: no I/O)."""
+        if sampling.decode_timeout is None or from_text:
+            return self.in_process
+        return self.supervised
+
+    def close(self) -> None:
+        """Let this process's decode helper go (a later use starts another)."""
+        self.supervised.close()
 
     def _budget(self, filt: FilterConfig):
         """A budget stage when there is a model or a length rule to apply, else None."""
@@ -47,7 +61,7 @@ class Pipeline:
     def plan(self, record: Record, src: SourceConfig) -> list[MediaPlan]:
         plans = []
         for ref in record.media:
-            plan = plan_media(ref, src.sampling)
+            plan = self.runner(src.sampling, ref.text is not None).plan(ref, src.sampling)
             if self.model is not None and plan.kind != "image":
                 fit_plan(plan, self.model.frame_count_rule(plan.num_frames))
             plans.append(plan)
@@ -93,7 +107,8 @@ class Pipeline:
         if not keep:
             return outcomes  # type: ignore[return-value]
         try:
-            clips = [decode_media(plan, src.sampling) for plan in plans]
+            clips = [self.runner(src.sampling, plan.kind == "pages" and plan.path is None).decode(plan, src.sampling)
+                     for plan in plans]
         except SampleError as exc:
             for i in keep:
                 fail(i, exc)

@@ -76,6 +76,16 @@ def count(name: str, value: float = 1) -> None:
         _counts[name] += value
 
 
+def merge(delta: dict) -> None:
+    """Add another process's stage seconds and counters (``{"stages": ..., "counts": ...}``),
+    e.g. a decode helper's, when enabled."""
+    if _enabled:
+        for name, value in delta.get("stages", {}).items():
+            _totals[name] += value
+        for name, value in delta.get("counts", {}).items():
+            _counts[name] += value
+
+
 def peak(name: str, value: float) -> None:
     """Keep the largest ``value`` seen for ``name`` (a high-water mark), when enabled."""
     if _enabled and value > _peaks.get(name, float("-inf")):

@@ -137,3 +137,30 @@ def test_resumed_files_run_keeps_shared_frames_valid(qa, tmp_path):
         f.write(b"x")
     bad = verify(str(out))
     assert not bad.ok and any("frame files differ" in p for p in bad.problems)
+
+
+def test_files_layout_png_frames_are_exactly_the_sampled_frames(qa, tmp_path):
+    from mmstream import StreamingDataset
+
+    root, ann = qa
+    config = cfg(ann, layout="files", options={"image_format": "png"})
+    out = tmp_path / "png"
+    run_cache(config, str(out), workers=0, progress=False)
+    records = {r["id"]: r for r in json.loads((out / "data.json").read_text())}
+    for sample in StreamingDataset(config):
+        paths = list(records[sample.record.id]["image"].values())
+        assert all(p.endswith(".png") for p in paths)
+        stored = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+        assert np.array_equal(stored, sample.clips[0].frames)  # lossless: bit for bit
+    assert verify(str(out)).ok
+
+
+def test_png_is_refused_where_readers_expect_jpeg(qa, tmp_path):
+    from mmstream.errors import ConfigError
+
+    root, ann = qa
+    with pytest.raises(ConfigError, match="image_format"):
+        run_cache(cfg(ann, options={"image_format": "png"}), str(tmp_path / "x"), workers=0, progress=False)
+    with pytest.raises(ConfigError, match="image_format"):
+        run_cache(cfg(ann, layout="files", options={"image_format": "gif"}), str(tmp_path / "y"), workers=0,
+                  progress=False)

@@ -66,7 +66,8 @@ def test_inspect_jsonl_has_tokens_record_and_drops_by_rule(setup):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [json.loads(l) for l in res.stdout.splitlines()]
-    assert lines[-1] == {"summary": {"kept": 2, "dropped": {"first_turn_words": 1, "too_many_frames": 1}}}
+    assert lines[-1] == {"summary": {"kept": 2, "dropped": {"first_turn_words": 1, "too_many_frames": 1},
+                                     "read": {"vcg": 1, "syn": 3}}}
     for line in lines[:-1]:
         assert set(line["tokens"]) == {"text", "visual", "total"} and "conversations" in line["record"]
 

@@ -82,6 +82,9 @@ def format_summary(s: dict) -> str:
         + (f", {s['samples_per_s']:.2f} samples/s" if s.get("samples_per_s") else ""),
         f"  dropped in total: {s['dropped_total']} ({dropped})",
     ]
+    if s.get("records_read"):
+        lines.append("  records in the annotations (all ranks): "
+                     + ", ".join(f"{name} {n}" for name, n in s["records_read"].items()))
     if s["resumed"]:
         lines.append(f"  resumed: {s['already_done']} record(s) were already done")
     lines.append(f"  manifest: {s['manifest']}" + ("" if s["finalized"] else

@@ -87,9 +87,12 @@ def run(args) -> int:
                       f"media={info['media']} first_turn={first!r}\n")
         if args.limit is not None and kept >= args.limit:
             break
-    summary = {"kept": kept, "dropped": dict(sorted(dropped.items()))}
+    summary = {"kept": kept, "dropped": dict(sorted(dropped.items())), "read": ds.index.source_counts()}
     if args.jsonl:
         out.write(json.dumps({"summary": summary}) + "\n")
     else:
-        out.write(f"summary: kept {kept}, dropped {sum(dropped.values())} {summary['dropped']}\n")
+        read = ", ".join(f"{name} {n}" for name, n in summary["read"].items())
+        out.write(f"summary: kept {kept}, dropped {sum(dropped.values())} {summary['dropped']}; "
+                  f"records read per source: {read}" + (" (stopped at --limit)" if args.limit is not None
+                                                         and kept >= args.limit else "") + "\n")
     return 0

@@ -18,6 +18,7 @@ from ..config import SamplingConfig
 from ..errors import DECODE_ERROR, NO_FRAMES, SampleError
 from ..types import Clip, MediaPlan, MediaRef
 from .backends import get_backend, resolve_threads
+from .images import to_rgb8
 from .probe import probe_video
 from .resolve import list_frames, resolve
 from .sampling import as_fraction, cap_indices, fps_sample_indices, resize_to
@@ -128,30 +129,24 @@ def fit_plan(plan: MediaPlan, count: int) -> MediaPlan:
 def _load_image(path: str, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode != "RGB":
-                # RGBA / LA / P with transparency: flatten onto white, as a viewer would show it
-                if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                    im = im.convert("RGBA")
-                    bg = Image.new("RGB", im.size, (255, 255, 255))
-                    bg.paste(im, mask=im.getchannel("A"))
-                    im = bg
-                else:
-                    im = im.convert("RGB")
-            if im.size != size:
-                im = im.resize(size, Image.BICUBIC)
-            return np.array(im, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)
+            rgb = to_rgb8(ImageOps.exif_transpose(im))
     except (OSError, ValueError) as exc:
         raise SampleError(DECODE_ERROR, f"cannot read image: {exc}", path=path) from None
+    except SampleError as exc:
+        raise exc.with_context(path=path)
+    if (rgb.shape[1], rgb.shape[0]) != size:
+        rgb = np.array(Image.fromarray(rgb).resize(size, Image.BICUBIC), dtype=np.uint8)
+    return rgb  # writable (np.asarray of a PIL image is read-only)
 
 
-def _stack(got: dict[int, np.ndarray], indices: list[int]) -> np.ndarray:
+def _stack(got: dict[int, np.ndarray], indices: list[int], out: Optional[np.ndarray] = None) -> np.ndarray:
     """``[got[i] for i in indices]`` as one array, freeing each decoded frame after its last
     use, so the clip is held once rather than twice while it is assembled. In a DataLoader
     worker the array is in shared memory (:mod:`.shared`): it reaches the training process
-    without a copy."""
+    without a copy. ``out`` (at least that many frames) receives them instead."""
     first = got[indices[0]]
-    frames = frames_buffer((len(indices),) + first.shape, first.dtype)
+    shape = (len(indices),) + first.shape
+    frames = out[:len(indices)] if out is not None else frames_buffer(shape, first.dtype)
     last_use = {i: k for k, i in enumerate(indices)}
     for k, i in enumerate(indices):
         frames[k] = got[i]
@@ -160,13 +155,18 @@ def _stack(got: dict[int, np.ndarray], indices: list[int]) -> np.ndarray:
     return frames
 
 
-def decode_media(plan: MediaPlan, sampling: SamplingConfig) -> Clip:
-    """Decode exactly the planned frames."""
+def decode_media(plan: MediaPlan, sampling: SamplingConfig, out: Optional[np.ndarray] = None) -> Clip:
+    """Decode exactly the planned frames (into ``out``, ``[T, H, W, 3]`` uint8, when given)."""
     with timing.stage("decode"):
-        return _decode_media(plan, sampling)
+        clip = _decode_media(plan, sampling, out)
+    if out is not None and not np.may_share_memory(clip.frames, out):
+        n = clip.num_frames
+        out[:n] = clip.frames
+        clip.frames = out[:n]
+    return clip
 
 
-def _decode_media(plan: MediaPlan, sampling: SamplingConfig) -> Clip:
+def _decode_media(plan: MediaPlan, sampling: SamplingConfig, out: Optional[np.ndarray] = None) -> Clip:
     size = (plan.width, plan.height)
     if plan.kind == "pages" and plan.path is None:
         from .pages import render_plan
@@ -189,7 +189,7 @@ def _decode_media(plan: MediaPlan, sampling: SamplingConfig) -> Clip:
             plan.timestamps = [info.seconds(i) for i in plan.indices]
         if not plan.indices:
             raise SampleError(NO_FRAMES, "no decodable frame", path=plan.path)
-        frames = _stack(got, plan.indices)
+        frames = _stack(got, plan.indices, out)
         timing.count("video_seconds", info.duration_seconds)
     return Clip(kind=plan.kind, path=plan.path, frames=frames,
                 timestamps=np.asarray(plan.timestamps, dtype=np.float64),

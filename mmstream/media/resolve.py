@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from functools import lru_cache
 from dataclasses import dataclass
 from typing import Optional
 
-from ..errors import MISSING_MEDIA, PATH_OUTSIDE_ROOT, SampleError
+from ..errors import MISSING_MEDIA, NOT_A_FILE, PATH_OUTSIDE_ROOT, SampleError
 from ..types import MediaRef
 
 FRAME_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -42,6 +43,8 @@ def _root(root: str) -> tuple[str, str]:
 
 def read_sidecar_fps(folder: str) -> Optional[str]:
     side = folder.rstrip(os.sep) + ".json"
+    if _kind_of(side) != "file":  # absent, or a FIFO that would block the open
+        return None
     try:
         with open(side, encoding="utf-8") as f:
             fps = json.load(f).get("fps")
@@ -50,37 +53,81 @@ def read_sidecar_fps(folder: str) -> Optional[str]:
     return str(fps) if fps not in (None, "", 0, "0") else None
 
 
+def _kind_of(path: str) -> Optional[str]:
+    """``"file"``, ``"dir"``, ``"other"`` (a FIFO, a socket, a device) or None (nothing
+    there). One ``stat``: never opens the path, so a FIFO cannot block here."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise SampleError(MISSING_MEDIA, f"cannot stat: {exc.strerror or exc}", path=path) from None
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "other"
+
+
+def _not_a_file(path: str) -> SampleError:
+    return SampleError(NOT_A_FILE, "exists but is not a regular file or a folder of frames", path=path)
+
+
 def resolve(ref: MediaRef, video_exts=("mp4", "mkv", "webm", "avi", "mov")) -> Resolved:
     """Find the media behind ``ref``.
 
     A video path may name a file; a name without extension is probed with
     ``video_exts`` (Video-ChatGPT ids); failing that, a folder with the same name less
     its extension is taken as the video's extracted frames, with the fps from the
-    sidecar ``<folder>.json`` when there is one.
+    sidecar ``<folder>.json`` when there is one. A path that exists but is neither a
+    regular file nor a folder (a FIFO, a device) is ``not_a_file``.
     """
     if ref.path is None:
         raise SampleError(MISSING_MEDIA, "media has no path")
     full = inside_root(ref.path, ref.root or os.getcwd())
+    kind = _kind_of(full)
     if ref.kind == "image":
-        if os.path.isfile(full):
+        if kind == "file":
             return Resolved("image", full)
+        if kind is not None:
+            raise _not_a_file(full)
         raise SampleError(MISSING_MEDIA, "image not found", path=full)
     if ref.kind in ("frames", "pages"):
-        if os.path.isdir(full):
+        if kind == "dir":
             return Resolved("frames", full, read_sidecar_fps(full))
+        if kind is not None:
+            raise _not_a_file(full)
         raise SampleError(MISSING_MEDIA, "frame folder not found", path=full)
-    if os.path.isfile(full):
+    if kind == "file":
         return Resolved("video", full)
+    if kind == "other":
+        raise _not_a_file(full)
     for ext in video_exts:
         candidate = f"{full}.{ext}"
-        if os.path.isfile(candidate):
+        found = _kind_of(candidate)
+        if found == "file":
             return Resolved("video", candidate)
+        if found == "other":
+            raise _not_a_file(candidate)
     stem = os.path.splitext(full)[0] if os.path.splitext(full)[1].lstrip(".") in video_exts else full
-    if os.path.isdir(stem):
+    if _kind_of(stem) == "dir":
         return Resolved("frames", stem, read_sidecar_fps(stem))
     raise SampleError(MISSING_MEDIA, "video not found (no file, no frame folder)", path=full)
 
 
 def list_frames(folder: str) -> list[str]:
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(FRAME_EXTS))
-    return [os.path.join(folder, n) for n in names]
+    """The frame files of a folder in name order. Every entry with a frame extension must
+    be a regular file (``not_a_file`` otherwise: a FIFO named 00001.jpg would block a reader)."""
+    frames = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.name.lower().endswith(FRAME_EXTS):
+                    continue
+                if not entry.is_file():  # follows symlinks; a FIFO, socket or folder is not a frame
+                    raise _not_a_file(entry.path)
+                frames.append(entry.name)
+    except OSError as exc:
+        raise SampleError(MISSING_MEDIA, f"cannot list the frame folder: {exc.strerror or exc}",
+                          path=folder) from None
+    return [os.path.join(folder, n) for n in sorted(frames)]

@@ -177,6 +177,7 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
         "kept": counts["kept"], "dropped": counts["dropped"], "dropped_total": counts["dropped_total"],
         "shards": counts["shards"],
         "kept_this_run": stats["kept"], "dropped_this_run": stats["dropped"], "shards_this_run": stats["shards"],
+        "records_read": stats.get("records_read"),
         "elapsed_s": round(elapsed, 3),
         "samples_per_s": round(stats["kept"] / elapsed, 3) if elapsed > 0 else None,
         "finalized": False, "manifest": manifest.path,
@@ -217,6 +218,9 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
     writer = writer_cls(out, _name_for(config, rank, world_size), maxcount=config.output.maxcount,
                         start_index=manifest.next_index(), on_commit=on_commit)
     dataset = factory(config, emit_drops=True, rank=rank, world_size=world_size, skip_keys=frozenset(covered))
+    index = getattr(dataset, "index", None)
+    if index is not None:
+        stats["records_read"] = index.source_counts()
     encoding = EncodeSamples(dataset, config.output, strict=config.strict)
     loader = torch.utils.data.DataLoader(encoding, batch_size=None, num_workers=workers, collate_fn=_identity)
     try:

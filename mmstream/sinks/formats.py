@@ -42,6 +42,8 @@ from .atomic import dump_json
 
 FORMATS = ("megatron", "minicpmv", "idefics3")
 LAYOUTS = ("wds", "files")
+#: How frames are stored (``output.options.image_format``); png is lossless, for the files layout.
+IMAGE_FORMATS = ("jpeg", "png")
 
 #: Qwen2-VL merges this many frames into one temporal patch; Pai's converter and the
 #: Qwen processor both need a video's frame count to be a multiple of it.
@@ -84,6 +86,12 @@ def check_output(output: OutputConfig) -> None:
         raise ConfigError(f"output.maxcount: must be a positive integer (got {output.maxcount!r})")
     if not 1 <= int(output.jpeg_quality) <= 100:
         raise ConfigError(f"output.jpeg_quality: must be 1..100 (got {output.jpeg_quality!r})")
+    fmt = (output.options or {}).get("image_format", "jpeg")
+    if fmt not in IMAGE_FORMATS:
+        raise ConfigError(f"output.options.image_format: {fmt!r} is not one of {IMAGE_FORMATS}")
+    if fmt != "jpeg" and (output.format == "megatron" or output.layout != "files"):
+        raise ConfigError("output.options.image_format: png is for the files layout (megatron and wds shards "
+                          "store JPEG, as their readers expect)")
 
 
 def encoder_for(output: OutputConfig) -> "SampleEncoder":
@@ -104,28 +112,31 @@ class SampleEncoder:
         check_output(output)
         self.output = output
         self.quality = int(output.jpeg_quality)
+        self.png = (output.options or {}).get("image_format", "jpeg") == "png"
         self._clips: Optional[list] = None  # the clips the cached JPEGs belong to (kept alive)
-        self._jpegs: list[list[bytes]] = []
+        self._images: list[list[bytes]] = []
         self._files_sent = False  # files layout: an Encoded carrying this group's frame files went out
 
-    def jpegs(self, sample: Sample) -> tuple[list[list[bytes]], bool]:
-        """One list of JPEG bytes per clip, and whether they were encoded just now."""
+    def images(self, sample: Sample) -> tuple[list[list[bytes]], bool]:
+        """One list of encoded frames (JPEG, or PNG) per clip, and whether they were encoded just now."""
         if self._clips is not None and len(self._clips) == len(sample.clips) and \
                 all(a.frames is b.frames for a, b in zip(self._clips, sample.clips)):
-            return self._jpegs, False
-        self._jpegs = [[encode_jpeg(f, self.quality) for f in clip.frames] for clip in sample.clips]
+            return self._images, False
+        encode = encode_png if self.png else (lambda f: encode_jpeg(f, self.quality))
+        self._images = [[encode(f) for f in clip.frames] for clip in sample.clips]
         self._clips = list(sample.clips)
-        return self._jpegs, True
+        return self._images, True
 
     def __call__(self, sample: Sample) -> Encoded:
-        jpegs, fresh = self.jpegs(sample)
+        images, fresh = self.images(sample)
         if fresh:
             self._files_sent = False
         if self.output.format == "megatron":
-            return encode_megatron(sample, jpegs)
+            return encode_megatron(sample, images)
         if self.output.layout == "wds":
-            return encode_minicpmv_wds(sample, jpegs)
-        encoded = encode_minicpmv_files(sample, jpegs, with_files=not self._files_sent)
+            return encode_minicpmv_wds(sample, images)
+        encoded = encode_minicpmv_files(sample, images, with_files=not self._files_sent,
+                                        ext=".png" if self.png else None)
         self._files_sent = True
         return encoded
 
@@ -160,6 +171,13 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
+def encode_png(frame: np.ndarray) -> bytes:
+    """PNG bytes of one RGB frame: lossless (what T2Vid's ffmpeg extraction writes)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(to_rgb(frame)), mode="RGB").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def check_key(key: str) -> str:
     if not key or _KEY_BAD.search(key):
         raise MmstreamError(f"sample key {key!r} cannot name a WebDataset sample (no dots, slashes or spaces)")
@@ -178,8 +196,8 @@ def _model_record(sample: Sample, fmt: str) -> dict[str, Any]:
 
 # -- megatron (Pai-Megatron-Patch ChatML) -------------------------------------------
 
-def encode_megatron(sample: Sample, jpegs: list[list[bytes]]) -> Encoded:
-    """``jpegs``: the JPEG bytes of each clip's frames (:meth:`SampleEncoder.jpegs`)."""
+def encode_megatron(sample: Sample, images: list[list[bytes]]) -> Encoded:
+    """``images``: the JPEG bytes of each clip's frames (:meth:`SampleEncoder.images`)."""
     key = check_key(sample.key)
     rec = _model_record(sample, "megatron")
     convs = rec.get("conversations")
@@ -187,11 +205,10 @@ def encode_megatron(sample: Sample, jpegs: list[list[bytes]]) -> Encoded:
         raise MmstreamError(
             f"output.format 'megatron' needs a ChatML record ({{'conversations': [{{'from', 'value'}}]}}); "
             f"sample {key!r} has keys {sorted(rec)}: is the configured model a Qwen2-VL family model?")
-    images = [c for c in sample.clips if c.kind == "image"]
     videos = [c for c in sample.clips if c.kind != "image"]
     text = "".join(str(t["value"]) for t in convs)
     n_img, n_vid = text.count(IMAGE_TAG), text.count(VIDEO_TAG)
-    n_img_frames = sum(c.num_frames for c in images)
+    n_img_frames = sum(c.num_frames for c in sample.clips if c.kind == "image")
     if n_img != n_img_frames or n_vid != len(videos):
         raise SampleError(MEDIA_TAG_MISMATCH,
                           f"conversation has {n_img} {IMAGE_TAG} and {n_vid} {VIDEO_TAG} tags, sample has "
@@ -200,9 +217,9 @@ def encode_megatron(sample: Sample, jpegs: list[list[bytes]]) -> Encoded:
     if videos and (not isinstance(sgt, (list, tuple)) or len(sgt) != len(videos)):
         raise MmstreamError(f"sample {key!r}: second_per_grid_ts must have one entry per video "
                             f"({len(videos)}), got {sgt!r}")
-    jpgs = [j for c, js in zip(sample.clips, jpegs) if c.kind == "image" for j in js]
+    jpgs = [j for c, js in zip(sample.clips, images) if c.kind == "image" for j in js]
     vids = []
-    for clip, js in zip(sample.clips, jpegs):
+    for clip, js in zip(sample.clips, images):
         if clip.kind == "image":
             continue
         if clip.num_frames == 0:
@@ -241,12 +258,12 @@ def _image_map(sample: Sample, fmt: str = "minicpmv") -> tuple[dict[str, Any], l
     return rec, pairs
 
 
-def encode_minicpmv_wds(sample: Sample, jpegs: list[list[bytes]]) -> Encoded:
+def encode_minicpmv_wds(sample: Sample, images: list[list[bytes]]) -> Encoded:
     key = check_key(sample.key)
     rec, pairs = _image_map(sample)
     members = []
     seen = set()
-    for (_, rel), data in zip(pairs, [j for js in jpegs for j in js]):
+    for (_, rel), data in zip(pairs, [j for js in images for j in js]):
         ext = os.path.basename(rel)
         if not _MEMBER_OK.match(ext) or ext in seen or ext.split(".", 1)[0] == "json":
             raise MmstreamError(f"sample {key!r}: frame file name {ext!r} cannot be a tar member name "
@@ -257,16 +274,21 @@ def encode_minicpmv_wds(sample: Sample, jpegs: list[list[bytes]]) -> Encoded:
     return Encoded(key=key, members=members)
 
 
-def encode_minicpmv_files(sample: Sample, jpegs: list[list[bytes]], *, with_files: bool = True) -> Encoded:
+def encode_minicpmv_files(sample: Sample, images: list[list[bytes]], *, with_files: bool = True,
+                          ext: Optional[str] = None) -> Encoded:
     """Frames as ``images/<group>/<name>`` (the group's first record's key names the
-    folder), shared by every record of the group; ``with_files`` carries their bytes."""
+    folder), shared by every record of the group; ``with_files`` carries their bytes;
+    ``ext`` replaces the names' extension (``.png``)."""
     key = check_key(sample.key)
     rec, pairs = _image_map(sample)
     folder = check_key(sample.group or key)
     files = []
     mapping = {}
-    for (tag, rel), data in zip(pairs, [j for js in jpegs for j in js]):
-        path = f"{IMAGES_DIR}/{folder}/{os.path.basename(os.path.normpath(rel))}"
+    for (tag, rel), data in zip(pairs, [j for js in images for j in js]):
+        name = os.path.basename(os.path.normpath(rel))
+        if ext:
+            name = os.path.splitext(name)[0] + ext
+        path = f"{IMAGES_DIR}/{folder}/{name}"
         if with_files:
             files.append((path, data))
         mapping[tag] = path
