@@ -17,7 +17,7 @@ times one video in this process, one decoder thread: probe + decode of the frame
 fps rule picks (``--max-frames N`` caps them with T2Vid's rule). ``--plan sequential``
 reads them with the plain forward decoder (no seeking, no non-reference skipping: every
 frame up to the last target is decoded), the reference the seek plan must equal;
-``--decoder decord`` uses the decord backend. ``frames_sha1`` identifies the frames.
+``--decoder decord`` / ``torchcodec`` uses that backend. ``frames_sha1`` identifies the frames.
 """
 from __future__ import annotations
 
@@ -69,6 +69,9 @@ def decode_video(path: str, fps, max_frames, plan_kind: str = "seek", decoder: s
     sampling = SamplingConfig(fps=fps, max_frames=max_frames, strategy="t2vid" if max_frames else "none",
                               decoder=decoder, decoder_threads=threads)
     ref = MediaRef("video", os.path.basename(path), root=os.path.dirname(os.path.abspath(path)))
+    from mmstream.media.backends import get_backend
+
+    get_backend(decoder)  # its imports (torch for torchcodec) are start-up, not decoding
     t0 = time.perf_counter()
     plan = plan_media(ref, sampling)
     if plan_kind == "sequential":
@@ -162,7 +165,7 @@ if __name__ == "__main__":
     p.add_argument("--fps", type=float, default=1.0, help="with --video: sampling rate (default 1)")
     p.add_argument("--max-frames", default="none", help="with --video: cap (T2Vid rule) or none (default)")
     p.add_argument("--plan", choices=("seek", "sequential"), default="seek", help="with --video: decode plan")
-    p.add_argument("--decoder", choices=("pyav", "decord"), default="pyav", help="with --video: backend")
+    p.add_argument("--decoder", choices=("pyav", "decord", "torchcodec"), default="pyav", help="with --video: backend")
     p.add_argument("--threads", type=int, default=1, help="with --video: decoder threads (default 1)")
     p.add_argument("--shard", choices=("dynamic", "static"), default="dynamic",
                    help="dynamic: a free worker takes the next video (the bound); static: the stream's "

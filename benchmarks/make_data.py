@@ -90,6 +90,7 @@ CLIPS = [
     ("h264_720p_gop250", 180, ["mem_30min"]),
     ("h264_720p_gop30", 2, ["epoch"]),
     ("h264_720p_gop30", 6, ["epoch", "exact"]),
+    ("h264_720p_gop30", 30, ["sparse"]),
     ("h264_1080p_gop50", 1, ["epoch"]),
     ("h264_1080p_gop50", 2, ["epoch", "exact"]),
     ("hevc_720p_gop250", 2, ["epoch"]),

@@ -269,6 +269,56 @@ def index_section(data: str, quick: bool) -> dict:
     return dict(run_json(cmd), command=show(cmd))
 
 
+DECODERS = ("pyav", "decord", "torchcodec")
+
+
+def decoders_section(data: str, manifest: dict, repeat: int, quick: bool) -> list[dict]:
+    """Issue 9: every backend side by side, one decoder thread: exact 1 fps and sparse 24
+    frames, on a short-GOP and a long-GOP clip."""
+    def clip(gop: int, role: str) -> str:
+        cands = [n for n, c in manifest["clips"].items() if role in c["roles"] and "h264" in n
+                 and (f"gop{gop}_" in n or quick)]
+        return sorted(cands, key=lambda n: (-manifest["clips"][n]["height"], manifest["clips"][n]["seconds"]))[0]
+
+    cases = [("exact 1 fps", 30, clip(30, "exact"), "none"), ("exact 1 fps", 250, clip(250, "exact"), "none"),
+             ("sparse 24 frames", 30, clip(30, "sparse"), "24"), ("sparse 24 frames", 250, clip(250, "sparse"), "24")]
+    rows = []
+    for what, gop, name, cap in cases:
+        path = os.path.join(data, "videos", name)
+        cmds = {d: [PY, os.path.join(HERE, "decode_only.py"), "-", "--video", path, "--fps", "1", "--max-frames", cap,
+                    "--decoder", d, "--json"] for d in DECODERS}
+        log(f"decoders: {what}, {name}")
+        runs = interleaved({k: (lambda c=c: run_json(c)) for k, c in cmds.items()}, repeat)
+        row = {"what": what, "gop": gop, "clip": name, "frames": runs["pyav"][0]["frames"],
+               "same_frames": len({r["frames_sha1"] for r in runs["pyav"] + runs["torchcodec"]}) == 1,
+               "same_indices": len({tuple(rs[0]["source_indices"]) for rs in runs.values()}) == 1,
+               "commands": {k: show(c) for k, c in cmds.items()}}
+        for d, rs in runs.items():
+            row[d + "_s"] = med(r["wall_s"] for r in rs)
+            row[d + "_peak_mb"] = med(r["peak_rss_mb_max"] for r in rs)
+            row[d + "_runs_s"] = [r["wall_s"] for r in rs]
+        rows.append(row)
+    return rows
+
+
+def supervision_section(data: str, workers: int, repeat: int) -> dict:
+    """Issue 9: one epoch with the decode helper (the default, decode_timeout 60 s) and
+    without it (decode_timeout: none, decoding in the worker), in turn."""
+    config = os.path.join(data, "epoch.yaml")
+    cmds = {"supervised": bench_cmd(config, str(workers)),
+            "in_worker": bench_cmd(config, str(workers)) + ["--decode-timeout", "none"]}
+    runs: dict[str, list] = {k: [] for k in cmds}
+    for i in range(repeat):
+        for k, cmd in cmds.items():
+            log(f"supervision, round {i + 1}/{repeat}: {k}")
+            r = run_json(cmd)
+            r.pop("machine", None)
+            runs[k].append(r)
+    out = {k: dict(median_result(rs), command=show(cmds[k])) for k, rs in runs.items()}
+    out["ratio"] = round(out["supervised"]["samples_per_s"] / out["in_worker"]["samples_per_s"], 3)
+    return out
+
+
 # -- targets and report ----------------------------------------------------------------
 def targets(res: dict, workers: int) -> list[dict]:
     w = str(workers)
@@ -348,6 +398,20 @@ def targets(res: dict, workers: int) -> list[dict]:
         "command": ep["commands"][f"stream_{workers}"] + "  vs  " + ep["commands"]["stream_1"]})
     for row in rows:
         row.setdefault("note", "")
+    return rows
+
+
+def supervision_targets(res: dict) -> list[dict]:
+    rows = []
+    sup = res.get("supervision")
+    if sup:
+        a, b = sup["supervised"], sup["in_worker"]
+        rows.append({
+            "target": "Supervised decoding (helper process, hard time limit) vs decoding in the worker, epoch set",
+            "goal": "costs <= 5% of samples/s", "value": sup["ratio"], "met": sup["ratio"] >= 0.95,
+            "measured": f"{a['samples_per_s']:.3f} vs {b['samples_per_s']:.3f} samples/s = {sup['ratio']:.2f}x "
+                        f"({a['workers']} workers)",
+            "command": a["command"] + "  vs  " + b["command"], "note": ""})
     return rows
 
 
@@ -441,6 +505,21 @@ def _result_row(name: str, r: dict, extra: str = "") -> str:
                         for x in r.get("runs", [r])) + " |")
 
 
+def decoders_table(res: dict) -> list[str]:
+    rows = res.get("decoders")
+    if not rows:
+        return []
+    L = ["", "Decoders side by side (one decoder thread, probe + decode of the frames the 1 fps rule picks, medians; "
+         "`python benchmarks/decode_only.py - --video CLIP --fps 1 --max-frames none|24 --decoder NAME --json`):", "",
+         "| case | clip | frames | " + " | ".join(f"{d} s (peak MB)" for d in DECODERS) + " | same frames |",
+         "|---|---|---|" + "---|" * len(DECODERS) + "---|"]
+    for r in rows:
+        L.append(f"| {r['what']}, GOP {r['gop']} | {r['clip']} | {r['frames']} | "
+                 + " | ".join(f"{r[d + '_s']:.2f} ({r[d + '_peak_mb']:.0f})" for d in DECODERS)
+                 + f" | {'yes' if r['same_indices'] else '**no**'} |")
+    return L
+
+
 def qa_table(res: dict) -> list[str]:
     qa = res.get("qa")
     if not qa:
@@ -499,6 +578,9 @@ def write_markdown(res: dict, path: str) -> None:
     if res.get("qa_targets"):
         L += ["", "## Targets (issue 8: QA data, decode once per video)", ""] + _targets_table(res["qa_targets"]) \
             + _missed(res["qa_targets"])
+    if res.get("supervision_targets"):
+        L += ["", "## Targets (issue 9: supervised decoding)", ""] + _targets_table(res["supervision_targets"]) \
+            + _missed(res["supervision_targets"])
     L += ["", "## One epoch of the epoch set"] + epoch_table(res)[1:]
     st = ep["stream"][w]["stages_s"]
     L += ["", f"Stream stage times ({w} workers, seconds summed over workers): "
@@ -507,6 +589,8 @@ def write_markdown(res: dict, path: str) -> None:
           + ", ".join(f"{k} {v:.1f} s" for k, v in ep["extract_then_load"][w]["phases_s"].items()) + "."]
     if res.get("qa"):
         L += ["", "## QA data: k records per video"] + qa_table(res)[1:]
+    if res.get("decoders"):
+        L += ["", "## Decoders"] + decoders_table(res)
     L += ["", "## Exact 1 fps sampling, one decoder thread", "",
           "| clip | frames | decoded by mmstream / in the stream | mmstream (PyAV) s | mmstream (decord) s | "
           "ffmpeg -vf fps=1 s | ffmpeg decode all s | vs ffmpeg fps | vs ffmpeg decode all |",
@@ -540,20 +624,21 @@ def write_readme(res: dict, path: str) -> None:
          "`benchmarks/run_all.py` runs `mmstream bench` and every baseline side by side, medians of "
          f"{res['repeat']} runs); full tables, per-stage times and the exact commands: "
          "[`benchmarks/results.md`](benchmarks/results.md). " + " ".join(header(res)[:1]), ""]
-    rows = res["targets"] + res.get("qa_targets", [])
+    rows = res["targets"] + res.get("qa_targets", []) + res.get("supervision_targets", [])
     L += _targets_table(rows) + _missed(rows)
-    L += epoch_table(res) + qa_table(res)
+    L += epoch_table(res) + qa_table(res) + decoders_table(res)
     L += ["", "![throughput against workers](benchmarks/throughput.png)", ""]
     with open(path, "w") as f:
         f.write(text[:a] + "\n".join(L) + text[b:])
 
 
-SECTIONS = ("exact", "sparse", "memory", "epoch", "qa", "mix_memory", "index")
+SECTIONS = ("exact", "sparse", "memory", "epoch", "qa", "mix_memory", "index", "decoders", "supervision")
 
 
 def render(res: dict, out: str, readme: bool) -> None:
     res["targets"] = targets(res, res["workers"])
     res["qa_targets"] = qa_targets(res)
+    res["supervision_targets"] = supervision_targets(res)
     ep = res["epoch"]
     plot = os.path.join(out, "throughput.png")
     w = str(res["workers"])
@@ -642,7 +727,9 @@ def main(argv=None) -> int:
                 "epoch": lambda: epoch_section(data, args.workers, args.repeat),
                 "qa": lambda: qa_section(data, args.workers, args.repeat),
                 "mix_memory": lambda: mix_memory_section(data, args.workers, args.repeat),
-                "index": lambda: index_section(data, args.quick)}
+                "index": lambda: index_section(data, args.quick),
+                "decoders": lambda: decoders_section(data, manifest, args.repeat, args.quick),
+                "supervision": lambda: supervision_section(data, args.workers, args.repeat)}
     for name in SECTIONS:
         if name not in only:
             continue
@@ -655,7 +742,7 @@ def main(argv=None) -> int:
     res["total_s"] = round(time.time() - t0, 1)
     render(res, out, readme)
     log(f"done in {res['total_s']} s: {rel(os.path.join(out, 'results.md'))}")
-    for t in res["targets"] + res["qa_targets"]:
+    for t in res["targets"] + res["qa_targets"] + res["supervision_targets"]:
         print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
     return 0
 

@@ -47,7 +47,7 @@ RESULT_FIELDS = {
     "video_s_per_s": "video_seconds / wall_s: decoded video-seconds per second",
     "stages_s": "seconds per stage, summed over workers: read, probe, decode, convert, budget, write",
     "worker_busy_s": "seconds each worker spent inside the stages (their spread shows load imbalance)",
-    "peak_rss_mb": "peak resident memory of each worker (VmHWM), MB",
+    "peak_rss_mb": "peak resident memory of each worker (VmHWM) plus that of its decode helper, MB",
     "peak_rss_mb_max": "the largest of peak_rss_mb",
     "start_rss_mb": "resident memory of each worker when it started, MB",
     "cpu_s": "CPU seconds (user + system) of this process and its workers",
@@ -135,22 +135,27 @@ class BenchDataset(StreamingDataset):
 
 
 # -- one run ---------------------------------------------------------------------------
-def load_bench_config(path, decoder: Optional[str] = None, threads: Optional[int] = None):
-    """The config, with ``sampling.decoder`` / ``decoder_threads`` overridden everywhere."""
+def load_bench_config(path, decoder: Optional[str] = None, threads: Optional[int] = None,
+                      decode_timeout: Optional[str] = None):
+    """The config, with ``sampling.decoder`` / ``decoder_threads`` / ``decode_timeout``
+    (a number of seconds, or ``"none"``) overridden everywhere."""
     cfg = load_config(path)
     for sampling in [cfg.sampling] + [s.sampling for s in cfg.sources]:
         if decoder:
             sampling.decoder = decoder
         if threads is not None:
             sampling.decoder_threads = threads
+        if decode_timeout is not None:
+            sampling.decode_timeout = None if str(decode_timeout).lower() in ("none", "null", "off") \
+                else float(decode_timeout)
     return cfg
 
 
 def run_once(config, workers: int = 0, *, samples: Optional[int] = None, seconds: Optional[float] = None,
              write_dir: Optional[str] = None, decoder: Optional[str] = None,
-             threads: Optional[int] = None, prefetch: int = 2) -> dict:
+             threads: Optional[int] = None, decode_timeout: Optional[str] = None, prefetch: int = 2) -> dict:
     """Stream ``config`` once through ``workers`` DataLoader workers; return a result dict."""
-    cfg = load_bench_config(config, decoder, threads)
+    cfg = load_bench_config(config, decoder, threads, decode_timeout)
     ds = BenchDataset(cfg, emit_drops=True)
     writer = None
     if write_dir:
@@ -173,6 +178,7 @@ def run_once(config, workers: int = 0, *, samples: Optional[int] = None, seconds
     starts: dict[int, float] = {}
     busy: Counter = Counter()
     mix_peaks: dict[int, float] = {}
+    helper_peaks: dict[int, float] = {}
     first = None
     cpu0, main0 = cpu_seconds(), main_cpu_seconds()
     t0 = time.perf_counter()
@@ -185,8 +191,10 @@ def run_once(config, workers: int = 0, *, samples: Optional[int] = None, seconds
             stages.update(m.stages)
             counts.update(m.counts)
             mix_peaks[m.worker] = max(mix_peaks.get(m.worker, 0.0), m.peaks.get("mix_peak_bytes", 0.0))
+            helper_peaks[m.worker] = max(helper_peaks.get(m.worker, 0.0), m.peaks.get("decoder_rss_mb", 0.0))
             busy[m.worker] += sum(m.stages.values())
-            peaks[m.worker] = max(peaks.get(m.worker, 0.0), m.peak_rss_mb)
+            # a worker's memory includes its decode helper's (an upper bound: the peaks may not coincide)
+            peaks[m.worker] = max(peaks.get(m.worker, 0.0), m.peak_rss_mb + m.peaks.get("decoder_rss_mb", 0.0))
             starts.setdefault(m.worker, m.start_rss_mb)
             if isinstance(m.item, Drop):
                 drops[m.item.reason] += 1
@@ -220,6 +228,10 @@ def run_once(config, workers: int = 0, *, samples: Optional[int] = None, seconds
                        decodes=counts.get("decodes", 0), decoded_records=counts.get("decoded_records", 0),
                        mix_peak_mb=[mix_peaks[k] / MB for k in sorted(mix_peaks)],
                        extra={"decoder": _decoders(cfg), "decoder_threads": cfg.sampling.decoder_threads,
+                              "decode_timeout": cfg.sources[0].sampling.decode_timeout,
+                              "decoder_helpers": int(counts.get("decoder_helpers", 0)),
+                              "decoder_restarts": int(counts.get("decoder_restarts", 0)),
+                              "decoder_peak_rss_mb": [round(helper_peaks[k], 1) for k in sorted(helper_peaks)],
                               "mix_buffer": cfg.loader.mix_buffer, "mix_buffer_mb": cfg.loader.mix_buffer_mb})
 
 

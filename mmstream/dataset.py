@@ -7,9 +7,10 @@ DataLoader workers, each video decoded once however many records use it.
 At construction the annotations are indexed once (:mod:`mmstream.sources.index`):
 every record's byte span and its **decode group**, the records whose media are the
 same files in the same source. An epoch is a permutation of the groups seeded by
-(seed, epoch); the group at place j of it goes to the worker with global id
-j % (world_size x num_workers), where a worker's global id is
-rank x num_workers + worker_id. So every record is yielded (or dropped) exactly once
+(seed, epoch); the groups are split over the world_size x num_workers workers (a
+worker's global id is rank x num_workers + worker_id) so that each worker's summed
+decode cost (its media's bytes) is about the same (:func:`split_by_cost`), and each
+worker takes its groups in epoch order. So every record is yielded (or dropped) exactly once
 per epoch for any world size and worker count, every worker computes the same order
 without talking to the others, and a group's media are planned and decoded once, in
 one worker, for all its records. The worker reads each record back by its byte span,
@@ -25,6 +26,7 @@ would have.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import random
@@ -134,6 +136,13 @@ class StreamingDataset(IterableDataset):
         seed = random.Random(f"{loader.seed}-{epoch}").getrandbits(64)
         return np.random.default_rng(seed).permutation(n)
 
+    def my_groups(self, me: int, total: int, epoch: Optional[int] = None) -> np.ndarray:
+        """The groups worker ``me`` of ``total`` takes this epoch, in epoch order
+        (:func:`split_by_cost`)."""
+        order = self.epoch_groups(epoch)
+        owner = split_by_cost(self.index.group_cost[order], total)
+        return order[owner == me]
+
     def ordered(self, epoch: Optional[int] = None) -> Iterator[Item]:
         """Every record, group by group in this epoch's order."""
         for g in self.epoch_groups(epoch):
@@ -153,7 +162,7 @@ class StreamingDataset(IterableDataset):
             die_with_parent()  # a worker must not outlive a killed training or cache run
         me, total = self.shard()
         loader = self.config.loader
-        mine = self.epoch_groups()[me::total]
+        mine = self.my_groups(me, total)
         resume = self._resume or {"groups_done": 0, "pending": [], "mix": None}
         self._resume = None
         max_bytes = None if loader.mix_buffer_mb is None else int(loader.mix_buffer_mb * (1 << 20))
@@ -169,12 +178,14 @@ class StreamingDataset(IterableDataset):
         timing.peak("mix_peak_samples", mix.stats.peak_samples)
 
     def _stream(self, pipe, mix, progress, mine):
-        while progress.pending_groups:  # taken before the state was saved, not all handed out
+        # groups taken before the state was saved, not all handed out: the buffer as it was,
+        # refilled whole before anything is handed out (so the choices are those it made)
+        while progress.pending_groups:
             g, positions = progress.pending_groups[0]
             outcomes = self._run_group(pipe, g, positions)
             progress.pending_groups.pop(0)
             mix.add(g, outcomes, _frames_bytes(outcomes))
-            yield from self._hand_out(mix)
+        yield from self._hand_out(mix)
         while progress.groups_done < len(mine):
             g = int(mine[progress.groups_done])
             outcomes = self._run_group(pipe, g, self.index.members(g))
@@ -247,6 +258,37 @@ class StreamingDataset(IterableDataset):
             return Drop(key=exc.key or "", source=exc.source or "", reason=exc.reason, path=exc.path,
                         message=exc.message)
         return None
+
+
+#: Groups placed one by one on the least-loaded worker, per worker; the rest go in a
+#: vectorised round trip (small groups, where the law of large numbers balances anyway).
+GREEDY_PER_WORKER = 64
+
+
+def split_by_cost(costs: np.ndarray, workers: int) -> np.ndarray:
+    """Owner (0..workers-1) of each group, balancing the summed cost. Deterministic in
+    ``costs`` alone, so every rank and worker computes the same split: the largest groups
+    first, each to the least-loaded worker (ties: the lower id), then the rest, largest
+    first, dealt out back and forth starting from the least-loaded worker."""
+    n = len(costs)
+    owner = np.zeros(n, np.int64)
+    if workers <= 1 or n == 0:
+        return owner
+    by_cost = np.argsort(-costs.astype(np.float64), kind="stable")
+    head = by_cost[:GREEDY_PER_WORKER * workers]
+    loads = [(0.0, w) for w in range(workers)]
+    heapq.heapify(loads)
+    for g in head:
+        load, w = heapq.heappop(loads)
+        owner[g] = w
+        heapq.heappush(loads, (load + float(costs[g]), w))
+    rest = by_cost[len(head):]
+    if len(rest):
+        start = [w for _, w in sorted(loads)]  # least loaded first
+        i = np.arange(len(rest))
+        turn, step = i // workers, i % workers
+        owner[rest] = np.asarray(start)[np.where(turn % 2 == 0, step, workers - 1 - step)]
+    return owner
 
 
 def check_runtime(config: Config) -> None:

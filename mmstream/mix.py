@@ -10,7 +10,9 @@ records); the buffer hands them out interleaved with other groups' samples.
                        # order, a buffer given this state hands out what this one would have
 
 It hands out once it holds ``capacity`` samples or ``max_bytes`` of frames (a group's
-frames are counted once, however many of its samples wait), or when it is flushed;
+frames are counted once, however many of its samples wait), once no waiting group has
+more than one sample (one record per video: nothing to interleave, so nothing is held
+back), or when it is flushed;
 each pop takes a random waiting sample from a group other than the previous one's
 when there is one. Pop n draws from a generator seeded by (seed, n), so the choices
 depend on nothing but the seed, the pop count and what is waiting. A drop (a record that failed) waits for nothing: it is handed out
@@ -87,7 +89,8 @@ class MixBuffer:
         if not self._samples:
             return False
         return (self._samples >= self.capacity or self.capacity == 0
-                or (self.max_bytes is not None and self._bytes >= self.max_bytes))
+                or (self.max_bytes is not None and self._bytes >= self.max_bytes)
+                or all(len(g.items) == 1 for g in self._groups))  # nothing to interleave: no need to wait
 
     def pop(self) -> tuple[int, Any]:
         """Hand out one (position, item); call while :meth:`ready`, or to flush."""

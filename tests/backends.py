@@ -39,3 +39,54 @@ class SlowBackend(PyAVBackend):
 
         time.sleep(float(os.environ.get("MMSTREAM_TEST_DECODE_SLEEP", "0.5")))
         return super().read(path, info, positions, size, threads, salvage)
+
+
+class HangBackend(PyAVBackend):
+    """Never returns from a decode (a Python-level hang)."""
+
+    name = "hang"
+
+    def read(self, path, info, positions, size, threads=1, salvage=False):
+        import time
+
+        time.sleep(3600)
+
+
+class NativeHangBackend(PyAVBackend):
+    """Blocks inside C while holding the GIL (libc sleep through ctypes.PyDLL): no signal
+    handler, no other thread of the process runs; only a kill from outside ends it."""
+
+    name = "native_hang"
+
+    def read(self, path, info, positions, size, threads=1, salvage=False):
+        import ctypes
+
+        ctypes.PyDLL(None).sleep(3600)
+
+
+class SegfaultBackend(PyAVBackend):
+    """Dies of SIGSEGV in the middle of a decode."""
+
+    name = "segfault"
+
+    def read(self, path, info, positions, size, threads=1, salvage=False):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class LeakyBackend(PyAVBackend):
+    """Keeps 64 MB more after every decode (a leaking decoder), and logs its pid."""
+
+    name = "leaky"
+    _kept = []
+
+    def read(self, path, info, positions, size, threads=1, salvage=False):
+        import numpy as np
+
+        LeakyBackend._kept.append(np.ones(64 << 20, np.uint8))
+        log = os.environ.get(LOG_ENV)
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{path}\t{os.getpid()}\n")
+        return super().read(path, info, positions, size, threads, salvage)

@@ -239,3 +239,20 @@ def test_index_memory_is_arrays_not_records(qa):
     assert idx.num_groups == VIDEOS + TEXT_ONLY + 1
     assert idx.nbytes() < 64 * idx.num_positions + 64
     assert all(isinstance(a, np.ndarray) for a in (idx.offset, idx.group, idx.order))
+
+
+def test_split_by_cost_balances_and_covers_every_group():
+    from mmstream.dataset import split_by_cost
+
+    rng = np.random.default_rng(0)
+    costs = np.concatenate([[600.0], rng.uniform(1, 20, 300), [150.0, 140.0]]).astype(np.float32)
+    for workers in (1, 2, 3, 7):
+        owner = split_by_cost(costs, workers)
+        assert owner.shape == costs.shape and set(owner) <= set(range(workers))
+        loads = np.bincount(owner, weights=costs, minlength=workers)
+        assert loads.max() <= max(costs.max(), costs.sum() / workers) * 1.05
+        assert np.array_equal(owner, split_by_cost(costs.copy(), workers))  # the same on every rank
+    # many groups: past the greedy head, the rest still balances
+    many = rng.pareto(1.5, 20_000).astype(np.float32) + 1
+    loads = np.bincount(split_by_cost(many, 4), weights=many, minlength=4)
+    assert loads.max() / loads.mean() < 1.05

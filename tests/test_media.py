@@ -102,7 +102,7 @@ def sample(path, decoder, fps, max_frames=None, strategy="none", **kw):
 @requires_ffmpeg
 @pytest.mark.parametrize("name", list(CLIPS))
 @pytest.mark.parametrize("fps", [1.0, 2.0])
-@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+@pytest.mark.parametrize("decoder", ["pyav", "decord", "torchcodec"])
 def test_frames_equal_ffmpeg_fps_filter(clips, name, fps, decoder):
     expected = ffmpeg_fps_indices(clips[name], fps)
     plan, clip = sample(clips[name], decoder, fps)
@@ -118,7 +118,7 @@ def test_offset_start_timestamps_are_source_times(clips):
     assert [read_counter(f) for f in clip.frames][:2] == [12, 37]
 
 
-@pytest.mark.parametrize("decoder", ["pyav", "decord"])
+@pytest.mark.parametrize("decoder", ["pyav", "decord", "torchcodec"])
 def test_capped_sampling_and_resize(clips, decoder):
     plan, clip = sample(clips["h264_bframes_25fps"], decoder, 2.0, max_frames=8, strategy="t2vid",
                         resize=ResizeConfig(short_side=60))
@@ -127,10 +127,11 @@ def test_capped_sampling_and_resize(clips, decoder):
     assert clip.frames.shape[1:3] == (60, 80)
 
 
-def test_both_decoders_return_the_same_frames(clips):
+@pytest.mark.parametrize("other", ["decord", "torchcodec"])
+def test_every_decoder_returns_the_same_frames(clips, other):
     for name in CLIPS:
         _, a = sample(clips[name], "pyav", 1.0, max_frames=5, strategy="uniform")
-        _, b = sample(clips[name], "decord", 1.0, max_frames=5, strategy="uniform")
+        _, b = sample(clips[name], other, 1.0, max_frames=5, strategy="uniform")
         assert [read_counter(f) for f in a.frames] == [read_counter(f) for f in b.frames]
         assert np.abs(a.frames.astype(int) - b.frames.astype(int)).mean() < 3
 
@@ -263,7 +264,7 @@ def test_frame_folder_without_sidecar_is_taken_as_sampled(tmp_path):
 
 def test_rotated_video_comes_out_upright(tmp_path):
     path = encode_counter_video(tmp_path / "rot.mp4", num_frames=30, size=(160, 96), rotate=90)
-    for decoder in ("pyav", "decord"):
+    for decoder in ("pyav", "decord", "torchcodec"):
         plan, clip = sample(path, decoder, 1.0)
         assert clip.frames.shape[1:3] == (160, 96)  # portrait, as the ffmpeg CLI shows it
         assert [read_counter(f) for f in clip.frames] == [12]
@@ -288,9 +289,10 @@ def test_bad_video_files_raise_sample_errors(tmp_path, clips, kind):
     else:
         data = open(clips["h264_bframes_25fps"], "rb").read()
         path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(SampleError) as err:
-        sample(path, "pyav", 1.0)
-    assert err.value.reason in ("decode_error", "no_frames") and str(path) in str(err.value)
+    for decoder in ("pyav", "torchcodec"):
+        with pytest.raises(SampleError) as err:
+            sample(path, decoder, 1.0)
+        assert err.value.reason in ("decode_error", "no_frames") and str(path) in str(err.value)
 
 
 def test_missing_and_outside_root(tmp_path):

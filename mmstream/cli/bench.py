@@ -46,8 +46,10 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", metavar="FILE.png", default=None,
                    help="draw samples/s against worker count (with one --workers N: 1..N)")
-    p.add_argument("--decoder", choices=("auto", "pyav", "decord"), default=None,
+    p.add_argument("--decoder", choices=("auto", "pyav", "decord", "torchcodec"), default=None,
                    help="override sampling.decoder for every source")
+    p.add_argument("--decode-timeout", default=None, metavar="S|none",
+                   help="override sampling.decode_timeout (none: decode in the worker itself, unsupervised)")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="override sampling.decoder_threads (decoder threads per worker; 0: the cores shared among the workers)")
     p.add_argument("--write", metavar="DIR", default=None,
@@ -70,6 +72,10 @@ def format_result(r: dict) -> str:
         f"  busy per worker (s): {r['worker_busy_s']}   peak RSS per worker (MB): {r['peak_rss_mb']} "
         f"(started at {r['start_rss_mb']})",
     ]
+    if r.get("decoder_helpers"):
+        lines.append(f"  supervised decoding (decode_timeout {r.get('decode_timeout')} s): {r['decoder_helpers']} "
+                     f"helper(s), {r.get('decoder_restarts', 0)} restart(s), decoder helper peak RSS "
+                     f"{r.get('decoder_peak_rss_mb')} MB")
     if r.get("decodes") is not None:
         lines.append(f"  {r['decodes']} decode(s), {r['records_per_decode']} record(s) per decode; "
                      f"mix buffer peak per worker (MB): {r.get('mix_peak_mb')} "
@@ -90,7 +96,8 @@ def run(args) -> int:
         runs = []
         for _ in range(max(1, args.repeat)):
             runs.append(run_once(args.config, n, samples=args.samples, seconds=args.seconds,
-                                 write_dir=args.write, decoder=args.decoder, threads=args.threads))
+                                 write_dir=args.write, decoder=args.decoder, threads=args.threads,
+                                 decode_timeout=args.decode_timeout))
         results.append(median_result(runs))
         if not args.json:
             print(format_result(results[-1]), flush=True)

@@ -28,6 +28,7 @@ but it stalls only the helper, which is abandoned and replaced.
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import mmap
 import os
@@ -106,6 +107,7 @@ def _serve(sock: socket.socket) -> None:
 
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the worker's to handle
+    faulthandler.disable()  # a crash here is reported by the worker, as decoder_crashed
     timing.reset()
     while True:
         try:

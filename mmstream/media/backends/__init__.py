@@ -63,9 +63,18 @@ def get_backend(name: str) -> Backend:
         except ImportError as exc:
             raise ConfigError(f"decoder 'decord' unavailable: {exc}") from None
         return DecordBackend()
+    if name == "torchcodec":
+        try:
+            import torchcodec.decoders  # noqa: F401  (imports torch's and FFmpeg's libraries)
+            from .torchcodec_backend import TorchCodecBackend
+        except (ImportError, OSError, RuntimeError) as exc:
+            raise ConfigError(f"decoder 'torchcodec' unavailable ({str(exc).splitlines()[0] if str(exc) else exc}); "
+                              f"pip install 'mmstream[torchcodec]' (torchcodec==0.13.0, the CPU build) and "
+                              f"Debian's ffmpeg") from None
+        return TorchCodecBackend()
     if ":" in name:
         return _custom(name)
-    raise ConfigError(f"unknown decoder {name!r}; choose auto, pyav or decord (or module:Class)")
+    raise ConfigError(f"unknown decoder {name!r}; choose auto, pyav, decord or torchcodec (or module:Class)")
 
 
 def _custom(name: str) -> Backend:
