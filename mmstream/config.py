@@ -67,6 +67,10 @@ class SamplingConfig:
     fps: Optional[float] = knob(1.0, gt=0)  # ffmpeg fps-filter rate; null keeps every decoded frame
     max_frames: Optional[int] = knob(24, min=1)  # cap after fps sampling; null: no cap
     strategy: str = knob("t2vid", choices=STRATEGIES)  # how to cap: t2vid | uniform | none
+    # ffmpeg_fps: ffmpeg's fps filter, then the cap (T2Vid, Pai); qwen_vl_utils: qwen-vl-utils'
+    # smart_nframes (total / video fps x fps, clamped to [min_frames, max_frames], even) spread evenly
+    frame_rule: str = knob("ffmpeg_fps", choices=("ffmpeg_fps", "qwen_vl_utils"))
+    min_frames: int = knob(4, min=1)  # qwen_vl_utils rule only (its FPS_MIN_FRAMES)
     decoder: str = knob("auto", check=_decoder_name)  # auto | pyav | decord | torchcodec | module:Class
     # per DataLoader worker (0: the cores shared among the workers); more workers use cores better
     decoder_threads: int = knob(1, min=0)
@@ -94,6 +98,7 @@ class ModelConfig:
     name: str = "minicpmv-2.5"
     tokenizer: Optional[str] = None  # local directory or hub name for transformers.AutoTokenizer
     token_count: str = knob("t2vid", choices=("t2vid", "chat_template"))
+    trust_remote_code: bool = False  # run a tokenizer folder's own code (auto_map), as MiniCPM-V's scripts do
     options: dict[str, Any] = knob(factory=dict)  # per-family knobs (max_slice_nums, ...), checked by the model
 
 

@@ -218,3 +218,21 @@ def test_system_turn_is_kept():
     conv = model("minicpmv-2.5").format(rec, [1])["conversations"]
     assert [c["role"] for c in conv] == ["system", "user", "assistant"]
     assert conv[1]["content"] == "<image_00>\nA?"
+
+
+def test_pai_frame_folder_taken_as_it_is_follows_its_sidecar_fps(tmp_path):
+    import json as _json
+
+    from mmstream import StreamingDataset
+    from mmstream.synth import make_frame_folder
+
+    make_frame_folder(tmp_path / "clip", num_frames=6, size=(64, 48))
+    (tmp_path / "clip.json").write_text(_json.dumps({"fps": "1.0"}))
+    ann = tmp_path / "a.json"
+    ann.write_text(_json.dumps([{"conversations": [{"from": "human", "value": "<video>\nQ"},
+                                                   {"from": "gpt", "value": "A"}], "videos": ["clip.mp4"]}]))
+    cfg = {"sources": [{"name": "s", "format": "sharegpt", "annotations": str(ann)}],
+           "sampling": {"fps": None, "max_frames": None}, "model": {"name": "qwen2-vl"}}
+    sample = next(iter(StreamingDataset(cfg)))
+    assert sample.clips[0].num_frames == 6 and sample.clips[0].fps == 1.0
+    assert sample.model_record["second_per_grid_ts"] == [1.0]  # Pai stores 1 / fps: the sidecar's, not 1 / 2.0

@@ -21,7 +21,8 @@ from .backends import get_backend, resolve_threads
 from .images import to_rgb8
 from .probe import probe_video
 from .resolve import list_frames, resolve
-from .sampling import as_fraction, cap_indices, fps_sample_indices, resize_to
+from .sampling import (as_fraction, cap_indices, fps_sample_indices, qwen_frame_indices, qwen_nframes,
+                       resize_to)
 from .shared import frames_buffer
 
 __all__ = ["plan_media", "decode_media", "fit_plan"]
@@ -65,19 +66,34 @@ def _plan_image(path: str, sampling: SamplingConfig) -> MediaPlan:
 
 
 def _select(pts: list[int], time_base: Fraction, last: Optional[int], sampling: SamplingConfig,
-            cap: bool = True) -> tuple[list[int], Optional[float]]:
+            cap: bool = True, source_rate: Optional[float] = None) -> tuple[list[int], Optional[float]]:
+    """Frame positions and the rate they stand for: the sampling rate, or, when frames
+    are taken as they are (``fps: null``), the source's own rate when it is known."""
     if sampling.fps is None:
         indices = list(range(len(pts)))
     else:
         indices = fps_sample_indices(pts, time_base, sampling.fps, last)
     if cap:
         indices = cap_indices(indices, sampling.max_frames, sampling.strategy)
-    return indices, (float(sampling.fps) if sampling.fps is not None else None)
+    return indices, (float(sampling.fps) if sampling.fps is not None else source_rate)
+
+
+def _select_qwen(info, sampling: SamplingConfig) -> tuple[list[int], float]:
+    """qwen-vl-utils' frames: its frame count, spread over every frame; the sampling rate it
+    reports (nframes / total x video fps) is the plan's fps."""
+    total = info.num_frames
+    video_fps = info.average_rate or (total / info.duration_seconds if info.duration_seconds else 1.0)
+    n = qwen_nframes(total, video_fps, float(sampling.fps or 2.0), sampling.min_frames, sampling.max_frames)
+    return qwen_frame_indices(total, n), n / total * video_fps
 
 
 def _plan_video(path: str, sampling: SamplingConfig) -> MediaPlan:
     info = probe_video(path)
-    indices, fps = _select(info.pts, info.time_base, info.last_duration, sampling)
+    if sampling.frame_rule == "qwen_vl_utils":
+        indices, fps = _select_qwen(info, sampling)
+    else:
+        indices, fps = _select(info.pts, info.time_base, info.last_duration, sampling,
+                               source_rate=info.average_rate)
     w, h = _out_size(info.width, info.height, sampling)
     return MediaPlan("video", path, w, h, indices, [info.seconds(i) for i in indices], fps,
                      {"probe": info, "source_size": (info.width, info.height)})
@@ -106,7 +122,7 @@ def _plan_folder(folder: str, sidecar_fps: Optional[str], sampling: SamplingConf
         rate = as_fraction(src_fps)
         if rate <= 0:
             raise SampleError(DECODE_ERROR, f"frame folder fps sidecar says {src_fps!r}", path=folder)
-        indices, fps = _select(list(range(len(files))), 1 / rate, 1, sampling)
+        indices, fps = _select(list(range(len(files))), 1 / rate, 1, sampling, source_rate=float(rate))
         stamps = [float(i / rate) for i in indices]
     w, h = _out_size(width, height, sampling)
     return MediaPlan("pages" if pages else "frames", folder, w, h, indices, stamps, fps,

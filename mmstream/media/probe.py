@@ -23,6 +23,7 @@ class VideoInfo:
     last_duration: Optional[int]  # duration of the last frame in time_base units, when known
     codec: str
     temporal_layers: int = 1  # HEVC temporal sub-layers seen in the NAL headers (1 for other codecs)
+    average_rate: Optional[float] = None  # the stream's average frame rate (what decord's get_avg_fps reports)
 
     @property
     def num_frames(self) -> int:
@@ -128,4 +129,4 @@ def probe_video(path: str) -> VideoInfo:
         width, height = height, width
     return VideoInfo(pts=pts, keyframes=keys or [pts[0]], time_base=time_base, width=width,
                      height=height, rotation=rotation, last_duration=last_duration, codec=codec,
-                     temporal_layers=max_tid + 1)
+                     temporal_layers=max_tid + 1, average_rate=float(rate) if rate else None)

@@ -131,3 +131,32 @@ def resize_to(width: int, height: int, short_side: Optional[int] = None,
     if scale == 1.0:
         return width, height
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+#: qwen-vl-utils' frame-count constants (``vision_process.py``).
+QWEN_FRAME_FACTOR = 2
+QWEN_FPS_MIN_FRAMES = 4
+QWEN_FPS_MAX_FRAMES = 768
+
+
+def qwen_nframes(total_frames: int, video_fps: float, fps: float = 2.0, min_frames: int = QWEN_FPS_MIN_FRAMES,
+                 max_frames: Optional[int] = QWEN_FPS_MAX_FRAMES) -> int:
+    """qwen-vl-utils' ``smart_nframes`` with ``fps``: total_frames / video_fps * fps, clamped
+    to [min_frames, max_frames] and to the frames there are, floored to an even count.
+    (qwen-vl-utils raises below 2 frames; this keeps what there is: 1 for a 1-frame video.)"""
+    f = QWEN_FRAME_FACTOR
+    lo = math.ceil(min_frames / f) * f
+    hi = math.floor(min(max_frames if max_frames is not None else QWEN_FPS_MAX_FRAMES, total_frames) / f) * f
+    n = total_frames / video_fps * fps
+    n = min(min(max(n, lo), hi), total_frames)
+    n = math.floor(n / f) * f
+    return max(1, min(int(n), total_frames))
+
+
+def qwen_frame_indices(total_frames: int, nframes: int) -> list[int]:
+    """``torch.linspace(0, total_frames - 1, nframes).round()``, as qwen-vl-utils' decord and
+    torchcodec readers pick frames (torch's own linspace and round-half-even, so that the
+    indices are the very same)."""
+    import torch
+
+    return torch.linspace(0, total_frames - 1, nframes).round().long().tolist()

@@ -154,13 +154,20 @@ def looks_like_path(name: str) -> bool:
             or name.endswith("/") or name.count("/") > 1)
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """``AutoTokenizer.from_pretrained``; a folder whose tokenizer is custom code (an
+    ``auto_map``, as MiniCPM-V's) needs ``model.trust_remote_code: true``."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as exc:  # OSError, ValueError, HF hub errors: all mean "cannot use it"
-        raise ConfigError(f"model.tokenizer: cannot load tokenizer {name!r}: {exc}") from None
+        text = str(exc)
+        if "trust_remote_code" in text and not trust_remote_code:
+            raise ConfigError(f"model.tokenizer {name!r} ships its own tokenizer code (an auto_map to a custom "
+                              f"class); set model.trust_remote_code: true to run it (only for a model you "
+                              f"trust), as its own scripts do") from None
+        raise ConfigError(f"model.tokenizer: cannot load tokenizer {name!r}: {text.strip().splitlines()[0]}") from None
 
 
 class Model:
@@ -187,6 +194,7 @@ class Model:
         self.options: dict[str, Any] = {**known, **(cfg.options or {})}
         self.check_options()
         self.tokenizer_name = cfg.tokenizer
+        self.trust_remote_code = bool(cfg.trust_remote_code)
         if cfg.tokenizer is not None:
             name = os.path.expanduser(str(cfg.tokenizer))
             if looks_like_path(name) and not os.path.exists(name):
@@ -212,7 +220,7 @@ class Model:
         if self.tokenizer_name is None:
             raise ConfigError(f"model {self.name}: no tokenizer configured (model.tokenizer)")
         if self._tok is None or self._tok_pid != os.getpid():
-            tok = load_tokenizer(self.tokenizer_name)
+            tok = load_tokenizer(self.tokenizer_name, self.trust_remote_code)
             template = self.options.get("chat_template")
             if template:
                 if os.path.isfile(os.path.expanduser(template)):

@@ -40,25 +40,35 @@ ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
 TAG_RE = re.compile(re.escape(IMAGE_TAG) + "|" + re.escape(VIDEO_TAG))
 
 SECOND_PER_GRID = ("pai", "hf")
+RULES = ("transformers", "qwen-vl-utils")
 EVEN_FRAMES = ("drop_last", "repeat_last", "off")
 
 
-def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = IMAGE_MIN_PIXELS,
-                 max_pixels: int = IMAGE_MAX_PIXELS) -> tuple[int, int]:
+def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: float = IMAGE_MIN_PIXELS,
+                 max_pixels: float = IMAGE_MAX_PIXELS, rules: str = "transformers") -> tuple[int, int]:
     """(height, width) Qwen2-VL resizes a frame to: each side rounded to a multiple of
     ``factor`` (Python's round, halves to even); if the area is then above
     ``max_pixels`` both sides shrink by sqrt(area/max_pixels) and round down, if below
-    ``min_pixels`` grow by sqrt(min_pixels/area) and round up (aspect kept)."""
+    ``min_pixels`` grow by sqrt(min_pixels/area) and round up (aspect kept).
+
+    ``rules``: ``transformers`` (the image and video processors: a shrunk side is at least
+    ``factor``) or ``qwen-vl-utils`` (its ``smart_resize``: the first rounding is at least
+    ``factor``, a shrunk side is not)."""
     if height <= 0 or width <= 0:
         raise ValueError(f"frame size must be positive, got {width}x{height}")
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise ValueError(f"aspect ratio of {width}x{height} is above {MAX_ASPECT_RATIO}")
+    utils = rules == "qwen-vl-utils"
     h = round(height / factor) * factor
     w = round(width / factor) * factor
+    if utils:
+        h, w = max(factor, h), max(factor, w)
     if h * w > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / beta / factor) * factor)
-        w = max(factor, math.floor(width / beta / factor) * factor)
+        h = math.floor(height / beta / factor) * factor
+        w = math.floor(width / beta / factor) * factor
+        if not utils:
+            h, w = max(factor, h), max(factor, w)
     elif h * w < min_pixels:
         beta = math.sqrt(min_pixels / (height * width))
         h = math.ceil(height * beta / factor) * factor
@@ -66,15 +76,32 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
     return h, w
 
 
-def qwen_grid_thw(num_frames: int, width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int, int]:
+def frame_max_pixels(num_frames: int, min_pixels: int, max_pixels: int, total_pixels: Optional[int],
+                     rules: str = "transformers") -> float:
+    """The per-frame pixel cap of a video of ``num_frames`` frames under a total-pixel
+    budget: max(min(max_pixels, total_pixels / frames x 2), int(min_pixels x 1.05)), the
+    share computed in floats (qwen-vl-utils' ``fetch_video``) or with integer division
+    (transformers' ``cap_pixels_per_frame``). No budget: ``max_pixels``."""
+    if total_pixels is None or num_frames <= 0:
+        return max_pixels
+    if rules == "qwen-vl-utils":
+        share: float = total_pixels / num_frames * TEMPORAL_PATCH_SIZE
+    else:
+        share = total_pixels * TEMPORAL_PATCH_SIZE // num_frames
+    return max(min(max_pixels, share), int(min_pixels * 1.05))
+
+
+def qwen_grid_thw(num_frames: int, width: int, height: int, min_pixels: int, max_pixels: float,
+                  rules: str = "transformers") -> tuple[int, int, int]:
     """``(t, h, w)`` in patches, as ``image_grid_thw``/``video_grid_thw`` report it
     (one frame, an image, has t = 1)."""
-    h, w = smart_resize(height, width, FACTOR, min_pixels, max_pixels)
+    h, w = smart_resize(height, width, FACTOR, min_pixels, max_pixels, rules)
     return math.ceil(num_frames / TEMPORAL_PATCH_SIZE), h // PATCH_SIZE, w // PATCH_SIZE
 
 
-def qwen_tokens(num_frames: int, width: int, height: int, min_pixels: int, max_pixels: int) -> int:
-    t, h, w = qwen_grid_thw(num_frames, width, height, min_pixels, max_pixels)
+def qwen_tokens(num_frames: int, width: int, height: int, min_pixels: int, max_pixels: float,
+                rules: str = "transformers") -> int:
+    t, h, w = qwen_grid_thw(num_frames, width, height, min_pixels, max_pixels, rules)
     return t * h * w // (MERGE_SIZE * MERGE_SIZE)
 
 
@@ -89,6 +116,9 @@ class Qwen2VL(Model):
         "second_per_grid": "pai",  # pai: 1/fps (Pai-Megatron-Patch); hf: 2/fps (transformers)
         "even_frames": "drop_last",  # drop_last (Pai) | repeat_last (qwen-vl-utils, HF) | off
         "default_fps": DEFAULT_FPS,  # rate of a video whose plan has none (Pai's 2.0)
+        # a video's total pixel budget (qwen-vl-utils: 128000 x 28 x 28 x 0.9); its frames shrink to fit
+        "video_total_pixels": None,
+        "rules": "transformers",  # transformers | qwen-vl-utils: whose smart_resize and budget arithmetic
     }
 
     def check_options(self) -> None:
@@ -102,15 +132,34 @@ class Qwen2VL(Model):
                 raise ConfigError(f"model.options.{lo}/{hi}: need integers with 0 < {lo} <= {hi}")
         if not (isinstance(o["default_fps"], (int, float)) and o["default_fps"] > 0):
             raise ConfigError("model.options.default_fps: must be > 0")
+        if o["rules"] not in RULES:
+            raise ConfigError(f"model.options.rules: {o['rules']!r} is not one of {RULES}")
+        total = o["video_total_pixels"]
+        if total is not None and not (isinstance(total, int) and total > 0):
+            raise ConfigError("model.options.video_total_pixels: must be a positive integer or null")
 
     # -- token counts --------------------------------------------------------------------
-    def _tokens(self, kind: str, num_frames: int, width: int, height: int) -> int:
-        video = kind in VIDEO_KINDS
-        lo, hi = (("video_min_pixels", "video_max_pixels") if video else ("min_pixels", "max_pixels"))
+    def resized(self, kind: str, num_frames: int, width: int, height: int) -> tuple[int, int]:
+        """(height, width) the model resizes this medium's frames to."""
+        o = self.options
+        if kind in VIDEO_KINDS:
+            lo = o["video_min_pixels"]
+            hi = frame_max_pixels(num_frames, lo, o["video_max_pixels"], o["video_total_pixels"], o["rules"])
+        else:
+            lo, hi = o["min_pixels"], o["max_pixels"]
         try:
-            return qwen_tokens(num_frames if video else 1, width, height, self.options[lo], self.options[hi])
+            return smart_resize(height, width, FACTOR, lo, hi, o["rules"])
         except ValueError as exc:
             raise SampleError(BAD_SIZE, str(exc)) from None
+
+    def grid_thw(self, kind: str, num_frames: int, width: int, height: int) -> tuple[int, int, int]:
+        h, w = self.resized(kind, num_frames, width, height)
+        t = math.ceil(num_frames / TEMPORAL_PATCH_SIZE) if kind in VIDEO_KINDS else 1
+        return t, h // PATCH_SIZE, w // PATCH_SIZE
+
+    def _tokens(self, kind: str, num_frames: int, width: int, height: int) -> int:
+        t, h, w = self.grid_thw(kind, num_frames, width, height)
+        return t * h * w // (MERGE_SIZE * MERGE_SIZE)
 
     def visual_tokens(self, width: int, height: int) -> int:
         """Tokens of one image (image pixel limits)."""
@@ -199,5 +248,5 @@ class Qwen25VL(Qwen2VL):
     names = ("qwen2.5-vl",)
 
 
-__all__ = ["Qwen2VL", "Qwen25VL", "smart_resize", "qwen_grid_thw", "qwen_tokens", "FACTOR",
+__all__ = ["Qwen2VL", "Qwen25VL", "smart_resize", "frame_max_pixels", "qwen_grid_thw", "qwen_tokens", "FACTOR",
            "IMAGE_MIN_PIXELS", "IMAGE_MAX_PIXELS", "VIDEO_MIN_PIXELS", "VIDEO_MAX_PIXELS"]
