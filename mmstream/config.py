@@ -91,6 +91,9 @@ class FilterConfig:
     max_tokens: Optional[int] = knob(None, min=1)  # drop samples whose text + visual tokens exceed this
     one_video_in_first_turn: bool = False  # T2Vid: exactly one <video>, in the first turn
     max_first_turn_words: Optional[int] = knob(None, min=1)  # T2Vid: drop when the first user turn has >= this many
+    # a sample over max_tokens: drop it (T2Vid), or keep it with the most frames / the largest
+    # frames that fit, decided exactly before decoding
+    over_budget: str = knob("drop", choices=("drop", "fewer_frames", "smaller_frames"))
 
 
 @dataclass

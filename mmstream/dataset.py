@@ -213,6 +213,8 @@ class StreamingDataset(IterableDataset):
                     yield drop
                 continue
             self.stats["kept"] += 1
+            if item.fitted is not None:
+                self.stats["fitted"] += 1
             yield item
 
     def _run_group(self, pipe: Pipeline, g: int, positions) -> list[tuple[int, Any]]:

@@ -18,7 +18,7 @@ from .config import Config, FilterConfig, SourceConfig
 from .errors import SampleError
 from .media import fit_plan
 from .media.supervise import InProcess, Supervised
-from .types import MediaPlan, Record, Sample
+from .types import Clip, MediaPlan, Record, Sample
 
 Outcome = Union[Sample, SampleError]
 
@@ -106,25 +106,65 @@ class Pipeline:
         keep = [i for i in alive if outcomes[i] is None]
         if not keep:
             return outcomes  # type: ignore[return-value]
+        own = {i: (estimates[i].plans if estimates.get(i) is not None and estimates[i].plans else plans) for i in keep}
         try:
-            clips = [self.runner(src.sampling, plan.kind == "pages" and plan.path is None).decode(plan, src.sampling)
-                     for plan in plans]
+            clips = self._decode(plans, own, src)
         except SampleError as exc:
             for i in keep:
                 fail(i, exc)
             return outcomes  # type: ignore[return-value]
         if plans:
-            timing.count("decodes")
             timing.count("decoded_records", len(keep))
         for i in keep:
             rec = records[i]
-            sample = Sample(key=rec.key, source=rec.source, record=rec, clips=list(clips), group=group)
+            sample = Sample(key=rec.key, source=rec.source, record=rec, clips=clips[i], group=group)
             if budget is not None:
                 try:
                     with timing.stage("budget"):
-                        sample = budget.finalize(sample, plans, estimates[i])
+                        sample = budget.finalize(sample, own[i], estimates[i])
                 except SampleError as exc:
                     fail(i, exc)
                     continue
             outcomes[i] = sample
         return outcomes  # type: ignore[return-value]
+
+    def _decode(self, plans: list[MediaPlan], own: dict[int, list[MediaPlan]], src: SourceConfig) -> dict[int, list]:
+        """Decode each medium once per frame size the records need, the union of the frames
+        they keep; each record's clips are those frames (the same arrays when a record
+        keeps them all, as records do unless fitted to the budget)."""
+        clips: dict[int, list] = {i: [] for i in own}
+        for m, base in enumerate(plans):
+            wants = {i: p[m] for i, p in own.items()}
+            by_size: dict[tuple[int, int], list[int]] = {}
+            for i, plan in wants.items():
+                by_size.setdefault((plan.width, plan.height), []).append(i)
+            for (w, h), users in by_size.items():
+                slots = sorted({s for i in users for s in _slots(wants[i])})
+                job = MediaPlan(base.kind, base.path, w, h, [base.indices[s] for s in slots],
+                                [base.timestamps[s] for s in slots], base.fps, base.info)
+                clip = self.runner(src.sampling, base.kind == "pages" and base.path is None).decode(job, src.sampling)
+                timing.count("decodes")
+                row = {}  # source index -> row of the decoded clip (salvage may have kept fewer)
+                for r, idx in enumerate(clip.source_indices.tolist()):
+                    row.setdefault(idx, r)
+                for i in users:
+                    plan = wants[i]
+                    if plan is base or list(_slots(plan)) == slots:
+                        if plan is not base and len(clip.source_indices) != plan.num_frames:
+                            plan.indices, plan.timestamps = job.indices, job.timestamps
+                        if plan is base:
+                            base.indices, base.timestamps = job.indices, job.timestamps
+                        clips[i].append(clip)
+                        continue
+                    keep = [row[plan_idx] for plan_idx in plan.indices if plan_idx in row]
+                    plan.indices = [clip.source_indices[r].item() for r in keep]
+                    plan.timestamps = [float(clip.timestamps[r]) for r in keep]
+                    clips[i].append(Clip(kind=clip.kind, path=clip.path, frames=clip.frames[keep],
+                                         timestamps=clip.timestamps[keep], source_indices=clip.source_indices[keep],
+                                         fps=plan.fps))
+        return clips
+
+
+def _slots(plan: MediaPlan) -> list[int]:
+    """Positions of ``plan``'s frames among its group's planned frames."""
+    return plan.info.get("slots", list(range(plan.num_frames)))

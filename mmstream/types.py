@@ -123,6 +123,8 @@ class Sample:
     #: the decode group (the key of its first record): samples of one group share their
     #: clips, the very same frame arrays; copy a clip before changing it in place
     group: Optional[str] = None
+    #: what fitting to the token budget reduced (filter.over_budget), or None
+    fitted: Optional[dict[str, Any]] = None
 
     @property
     def num_frames(self) -> int:

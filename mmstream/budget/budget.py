@@ -26,16 +26,48 @@ from ..config import FilterConfig
 from ..errors import ConfigError, SampleError
 from ..models.base import checked_turns, media_shapes
 from ..types import MediaPlan, Record, Sample
+from ..media.sampling import uniform_indices
 from . import rules
+
+
+OVER_BUDGET = ("drop", "fewer_frames", "smaller_frames")
+#: Media kinds fitting may shrink: real video frames (never text pages, whose frames are the text).
+FIT_KINDS = ("video", "frames")
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """What :meth:`Budget.estimate` worked out before decoding: the training record and
-    the token counts (None without a model / tokenizer)."""
+    """What :meth:`Budget.estimate` worked out before decoding: the training record, the
+    token counts (None without a model / tokenizer) and, when the sample was fitted to
+    the budget, its own plans and what was reduced."""
 
     model_record: Optional[dict[str, Any]]
     tokens: Optional[dict[str, int]]
+    plans: Optional[list[MediaPlan]] = None  # fitted plans (None: the group's plans as they are)
+    fitted: Optional[dict[str, Any]] = None  # {"rule", "media": [{"frames": [from, to], "size": [...]}]}
+
+
+def fewer_frames(plan: MediaPlan, count: int) -> MediaPlan:
+    """``plan`` with at most ``count`` of its frames, spread evenly over them (first and
+    last kept), so the sampling rule's even spacing stays even; its rate scales with them."""
+    if plan.kind not in FIT_KINDS or plan.num_frames <= count:
+        return plan
+    slots = uniform_indices(plan.num_frames, count)
+    base = plan.info.get("slots", list(range(plan.num_frames)))
+    fps = plan.fps * count / plan.num_frames if plan.fps else plan.fps
+    return MediaPlan(plan.kind, plan.path, plan.width, plan.height, [plan.indices[s] for s in slots],
+                     [plan.timestamps[s] for s in slots], fps, dict(plan.info, slots=[base[s] for s in slots]))
+
+
+def smaller_frames(plan: MediaPlan, long_side: int) -> MediaPlan:
+    """``plan`` with its frames scaled so the long side is ``long_side`` (aspect kept,
+    sides even): the decoder scales to it."""
+    if plan.kind not in FIT_KINDS:
+        return plan
+    scale = long_side / max(plan.width, plan.height)
+    w = max(2, int(round(plan.width * scale / 2)) * 2)
+    h = max(2, int(round(plan.height * scale / 2)) * 2)
+    return MediaPlan(plan.kind, plan.path, w, h, list(plan.indices), list(plan.timestamps), plan.fps, dict(plan.info))
 
 
 class Budget:
@@ -81,19 +113,67 @@ class Budget:
             raise SampleError(rules.TOO_MANY_FRAMES, f"{frames} frames > {self.filter.max_frames}")
         if self.model is None:
             return Estimate(None, None)
+        est = self._count(record, plans)
+        if not self._over(est):
+            return est
+        if self.filter.over_budget != "drop":
+            fitted = self._fit(record, plans)
+            if fitted is not None:
+                return fitted
+        tokens = est.tokens
+        raise SampleError(rules.TOO_MANY_TOKENS, f"{tokens['total']} tokens > {self.filter.max_tokens} "
+                          f"(text {tokens['text']}, visual {tokens['visual']})"
+                          + ("" if self.filter.over_budget == "drop" else
+                             f"; no {self.filter.over_budget.replace('_', ' ')} fit"))
+
+    def _count(self, record: Record, plans: Sequence[MediaPlan]) -> Estimate:
         model_record = self.model.format_plans(record, plans)
         tokens = None
         if self.model.tokenizer_name is not None:
             tokens = self.model.count_tokens(record, model_record, media_shapes(plans))
-            if self.filter.max_tokens is not None and tokens["total"] > self.filter.max_tokens:
-                raise SampleError(rules.TOO_MANY_TOKENS, f"{tokens['total']} tokens > {self.filter.max_tokens} "
-                                  f"(text {tokens['text']}, visual {tokens['visual']})")
         return Estimate(model_record, tokens)
+
+    def _over(self, est: Estimate) -> bool:
+        return (self.filter.max_tokens is not None and est.tokens is not None
+                and est.tokens["total"] > self.filter.max_tokens)
+
+    def candidates(self, plans: Sequence[MediaPlan]):
+        """The reductions ``over_budget`` may choose, largest first: (plans, what changed)."""
+        video = [p for p in plans if p.kind in FIT_KINDS]
+        if not video:
+            return
+        if self.filter.over_budget == "fewer_frames":
+            for k in range(max(p.num_frames for p in video) - 1, 0, -1):
+                cand = [fewer_frames(p, k) for p in plans]
+                if all(self.model.frame_count_rule(c.num_frames) == c.num_frames for c in cand if c.kind in FIT_KINDS):
+                    yield cand
+        else:
+            step = getattr(self.model, "resize_step", 28)
+            longest = max(max(p.width, p.height) for p in video)
+            for long_side in range(longest - step, step - 1, -step):
+                cand = [smaller_frames(p, min(long_side, max(p.width, p.height))) for p in plans]
+                if min(min(c.width, c.height) for c in cand if c.kind in FIT_KINDS) < 2:
+                    return
+                yield cand
+
+    def _fit(self, record: Record, plans: Sequence[MediaPlan]) -> Optional[Estimate]:
+        """The largest reduction that fits ``max_tokens`` (exact counts, before decoding)."""
+        for cand in self.candidates(plans):
+            est = self._count(record, cand)
+            if not self._over(est):
+                media = [{"frames": [p.num_frames, c.num_frames], "size": [p.width, p.height, c.width, c.height]}
+                         for p, c in zip(plans, cand)]
+                return Estimate(est.model_record, est.tokens, list(cand),
+                                {"rule": self.filter.over_budget, "media": media,
+                                 "tokens": [self._count(record, plans).tokens["total"], est.tokens["total"]]})
+        return None
 
     def finalize(self, sample: Sample, plans: Sequence[MediaPlan], estimate: Optional[Estimate] = None) -> Sample:
         """After decoding: the clips must match the plans (count and size of frames),
         else ``estimate_mismatch``; then sets ``sample.model_record`` and ``sample.tokens``
         from ``estimate`` (worked out again when not given)."""
+        if estimate is not None and estimate.plans is not None:
+            plans = estimate.plans
         if len(sample.clips) != len(plans):
             raise SampleError(rules.ESTIMATE_MISMATCH, f"{len(sample.clips)} clips for {len(plans)} plans")
         for i, (clip, plan) in enumerate(zip(sample.clips, plans)):
@@ -108,4 +188,5 @@ class Budget:
             estimate = self.estimate(sample.record, plans)
         sample.model_record = estimate.model_record
         sample.tokens = estimate.tokens
+        sample.fitted = estimate.fitted
         return sample

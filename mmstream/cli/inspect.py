@@ -44,6 +44,8 @@ def sample_info(sample: Sample) -> dict:
         info["tokens"] = sample.tokens
     if sample.model_record is not None:
         info["record"] = sample.model_record
+    if sample.fitted is not None:
+        info["fitted"] = sample.fitted
     return info
 
 
@@ -63,7 +65,7 @@ def run(args) -> int:
     from ..dataset import StreamingDataset
 
     ds = StreamingDataset(args.config, emit_drops=True)
-    kept = 0
+    kept = fitted = 0
     dropped: Counter = Counter()
     out = sys.stdout
     for item in iterate(ds, args.workers):
@@ -73,6 +75,7 @@ def run(args) -> int:
                 print(f"DROP {item.key} [{item.reason}] {item.path or ''} {item.message}", file=sys.stderr)
             continue
         kept += 1
+        fitted += item.fitted is not None
         info = sample_info(item)
         if args.dump_frames:
             dump_frames(item, args.dump_frames)
@@ -81,6 +84,8 @@ def run(args) -> int:
         else:
             ts = ["[" + ", ".join(f"{t:.2f}" for t in clip) + "]" for clip in info["timestamps"]]
             tok = f" tokens={info['tokens']['total']}" if "tokens" in info else ""
+            if "fitted" in info:
+                tok += " fitted=" + json.dumps(info["fitted"], separators=(",", ":"))
             first = info["conversation"][0]["content"].replace("\n", "\\n")[:80] if info["conversation"] else ""
             out.write(f"{info['key']} source={info['source']} frames={info['num_frames']} "
                       f"size={list(zip(info['width'], info['height']))}{tok} t={' '.join(ts)} "
@@ -88,11 +93,14 @@ def run(args) -> int:
         if args.limit is not None and kept >= args.limit:
             break
     summary = {"kept": kept, "dropped": dict(sorted(dropped.items())), "read": ds.index.source_counts()}
+    if fitted:
+        summary["fitted"] = fitted  # kept, with fewer or smaller frames to fit max_tokens
     if args.jsonl:
         out.write(json.dumps({"summary": summary}) + "\n")
     else:
         read = ", ".join(f"{name} {n}" for name, n in summary["read"].items())
-        out.write(f"summary: kept {kept}, dropped {sum(dropped.values())} {summary['dropped']}; "
+        out.write(f"summary: kept {kept}" + (f" ({fitted} fitted to max_tokens)" if fitted else "")
+                  + f", dropped {sum(dropped.values())} {summary['dropped']}; "
                   f"records read per source: {read}" + (" (stopped at --limit)" if args.limit is not None
                                                          and kept >= args.limit else "") + "\n")
     return 0

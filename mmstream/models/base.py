@@ -181,6 +181,7 @@ class Model:
     names: ClassVar[tuple[str, ...]] = ()  # config names this class serves
     OPTIONS: ClassVar[dict[str, Any]] = {}  # family knobs -> upstream default
     output_format: ClassVar[str] = ""  # what format() writes (minicpmv | megatron)
+    resize_step: ClassVar[int] = 28  # pixels between the frame sizes filter.over_budget: smaller_frames tries
 
     def __init__(self, cfg: ModelConfig, *, load: bool = True):
         self.name = cfg.name

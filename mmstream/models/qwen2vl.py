@@ -108,6 +108,7 @@ def qwen_tokens(num_frames: int, width: int, height: int, min_pixels: int, max_p
 class Qwen2VL(Model):
     names = ("qwen2-vl",)
     output_format = "megatron"
+    resize_step = FACTOR  # its token grid changes at multiples of 28 px
     OPTIONS: dict[str, Any] = {
         "min_pixels": IMAGE_MIN_PIXELS,  # images (HF image processor default 56*56)
         "max_pixels": IMAGE_MAX_PIXELS,  # images (28*28*1280)
