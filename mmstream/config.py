@@ -126,6 +126,14 @@ class SourceConfig:
 
 
 @dataclass
+class PackConfig:
+    """``loader.pack``: pack samples into sequences of at most ``max_tokens`` tokens."""
+
+    max_tokens: int = knob(8192, min=1)  # tokens per pack (a longer sample follows filter.over_budget)
+    buffer: int = knob(64, min=1)  # samples collected, then packed first-fit decreasing
+
+
+@dataclass
 class LoaderConfig:
     seed: int = 0
     shuffle: bool = True  # shuffle the decode groups (and so the records) per (seed, epoch)
@@ -133,6 +141,7 @@ class LoaderConfig:
     mix_buffer_mb: Optional[float] = knob(512, gt=0)  # ...and at most this many MB of their frames (null: no bound)
     rank: Optional[int] = knob(None, min=0)  # default: torch.distributed, then RANK env
     world_size: Optional[int] = knob(None, min=1)  # default: torch.distributed, then WORLD_SIZE env
+    pack: Optional[PackConfig] = None  # null: one sample at a time; {max_tokens, buffer}: packs of samples
 
 
 @dataclass
@@ -241,14 +250,19 @@ def _build(cls, data: Any, where: str):
     kwargs = {}
     for name, value in data.items():
         sub = _SUBSECTIONS.get((cls, name))
-        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else value
+        if sub and value is None and (cls, name) in _NULLABLE:
+            kwargs[name] = None
+        else:
+            kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else value
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-_SUBSECTIONS = {(SamplingConfig, "resize"): ResizeConfig, (SamplingConfig, "pages"): PagesConfig}
+_SUBSECTIONS = {(SamplingConfig, "resize"): ResizeConfig, (SamplingConfig, "pages"): PagesConfig,
+                (LoaderConfig, "pack"): PackConfig}
+_NULLABLE = {(LoaderConfig, "pack")}  # subsections that may be null (off)
 
 
 def _merge(base: dict, override: Optional[dict]) -> dict:

@@ -43,6 +43,7 @@ from .dist import resolve_rank
 from .errors import ConfigError, SampleError
 from .lifetime import die_with_parent
 from .mix import MixBuffer
+from .pack import Pack, Packer
 from .pipeline import Pipeline
 from .sources.index import RecordIndex, media_signature
 from .types import Drop, Record, Sample
@@ -59,6 +60,8 @@ class _Progress:
     groups_done: int
     mix: MixBuffer
     pending_groups: list = field(default_factory=list)  # [(group, positions)] from a resumed state
+    packer: Optional[Packer] = None
+    packed: dict = field(default_factory=dict)  # the packer's state, from a resumed state (until restored)
 
 
 class StreamingDataset(IterableDataset):
@@ -88,6 +91,8 @@ class StreamingDataset(IterableDataset):
             from .models import get_model  # validates name and tokenizer now, not in a worker
 
             self.model = get_model(self.config.model)
+        if self.config.loader.pack is not None:
+            self.config = _with_pack_budget(self.config, self.model)
         check_runtime(self.config)
         resolve_rank(self._rank, self._world, self.config)
         self.pipeline = Pipeline(self.config, self.model)  # its budgets check the filter sections now
@@ -107,10 +112,12 @@ class StreamingDataset(IterableDataset):
     def state_dict(self) -> dict[str, Any]:
         p = self._progress
         if p is None:
-            r = self._resume or {"groups_done": 0, "pending": [], "mix": None}
+            r = self._resume or {"groups_done": 0, "pending": [], "mix": None, "packer": {}}
             return {"epoch": self.epoch, **r}
         pending = [int(x) for _, positions in p.pending_groups for x in positions] + p.mix.pending()
-        return {"epoch": self.epoch, "groups_done": p.groups_done, "pending": pending, "mix": p.mix.state()}
+        packer = p.packer.state() if p.packer is not None and not p.packed else p.packed
+        return {"epoch": self.epoch, "groups_done": p.groups_done, "pending": pending, "mix": p.mix.state(),
+                "packer": packer}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "groups_done" not in state:
@@ -118,7 +125,7 @@ class StreamingDataset(IterableDataset):
                              "the epoch (start it over with set_epoch)")
         self.epoch = int(state["epoch"])
         self._resume = {"groups_done": int(state["groups_done"]), "pending": [int(p) for p in state["pending"]],
-                        "mix": state.get("mix")}
+                        "mix": state.get("mix"), "packer": state.get("packer") or {}}
         self._progress = None
 
     # -- the order ------------------------------------------------------------------
@@ -163,11 +170,15 @@ class StreamingDataset(IterableDataset):
         me, total = self.shard()
         loader = self.config.loader
         mine = self.my_groups(me, total)
-        resume = self._resume or {"groups_done": 0, "pending": [], "mix": None}
+        resume = self._resume or {"groups_done": 0, "pending": [], "mix": None, "packer": {}}
         self._resume = None
         max_bytes = None if loader.mix_buffer_mb is None else int(loader.mix_buffer_mb * (1 << 20))
         mix = MixBuffer(loader.mix_buffer, max_bytes, seed=(loader.seed, self.epoch, me), state=resume["mix"])
-        progress = _Progress(resume["groups_done"], mix, self._pending_groups(resume["pending"]))
+        packer = Packer(loader.pack.max_tokens, loader.pack.buffer) if loader.pack is not None else None
+        packed = resume.get("packer") or {}
+        in_packer = [p for pack in packed.get("ready", []) for p in pack] + list(packed.get("items", []))
+        progress = _Progress(resume["groups_done"], mix, self._pending_groups(in_packer + resume["pending"]),
+                             packer, dict(packed))
         self._progress = progress
         pipe = self.pipeline
         try:
@@ -180,19 +191,29 @@ class StreamingDataset(IterableDataset):
     def _stream(self, pipe, mix, progress, mine):
         # groups taken before the state was saved, not all handed out: the buffer as it was,
         # refilled whole before anything is handed out (so the choices are those it made)
+        packed = {p for pack in progress.packed.get("ready", []) for p in pack} | set(progress.packed.get("items", []))
+        waiting: dict[int, Any] = {}  # outcomes of the positions that waited in the packer
         while progress.pending_groups:
             g, positions = progress.pending_groups[0]
             outcomes = self._run_group(pipe, g, positions)
             progress.pending_groups.pop(0)
-            mix.add(g, outcomes, _frames_bytes(outcomes))
-        yield from self._hand_out(mix)
+            waiting.update((p, o) for p, o in outcomes if p in packed)
+            rest = [(p, o) for p, o in outcomes if p not in packed]
+            mix.add(g, rest, _frames_bytes(rest))
+        if progress.packer is not None:
+            progress.packer.restore(progress.packed, {p: o for p, o in waiting.items() if isinstance(o, Sample)})
+            for p, o in waiting.items():
+                if isinstance(o, SampleError):
+                    mix.add(-1, [(p, o)])  # changed since it was saved: counted as the drop it is now
+        progress.packed = {}
+        yield from self._hand_out(mix, progress.packer)
         while progress.groups_done < len(mine):
             g = int(mine[progress.groups_done])
             outcomes = self._run_group(pipe, g, self.index.members(g))
             progress.groups_done += 1  # with the add below: nothing is yielded in between
             mix.add(g, outcomes, _frames_bytes(outcomes))
-            yield from self._hand_out(mix)
-        yield from self._hand_out(mix, flush=True)
+            yield from self._hand_out(mix, progress.packer)
+        yield from self._hand_out(mix, progress.packer, flush=True)
         for name in ("restarts", "recycled"):  # decode helpers replaced (timeouts and crashes; RSS)
             if getattr(pipe.supervised, name):
                 self.stats[f"decoder_{name}"] = getattr(pipe.supervised, name)
@@ -203,10 +224,11 @@ class StreamingDataset(IterableDataset):
             groups.setdefault(int(self.index.group[p]), []).append(p)
         return list(groups.items())
 
-    def _hand_out(self, mix: MixBuffer, flush: bool = False) -> Iterator[Union[Sample, Drop]]:
+    def _hand_out(self, mix: MixBuffer, packer: Optional[Packer] = None,
+                  flush: bool = False) -> Iterator[Union[Sample, Drop, Pack]]:
         timing.peak("mix_peak_bytes", mix.nbytes)
         while mix.ready() or (flush and len(mix)):
-            _, item = mix.pop()  # popped before it is yielded: a state saved meanwhile has it consumed
+            pos, item = mix.pop()  # popped before it is yielded: a state saved meanwhile has it consumed
             if isinstance(item, SampleError):
                 drop = self._drop(item)
                 if drop is not None:
@@ -215,7 +237,17 @@ class StreamingDataset(IterableDataset):
             self.stats["kept"] += 1
             if item.fitted is not None:
                 self.stats["fitted"] += 1
-            yield item
+            if packer is None:
+                yield item
+                continue
+            packer.add(pos, item)
+            while packer.ready:
+                yield packer.pop()  # popped first: a state saved meanwhile has it consumed
+        if packer is not None:
+            if flush:
+                packer.flush()
+            while packer.ready:
+                yield packer.pop()
 
     def _run_group(self, pipe: Pipeline, g: int, positions) -> list[tuple[int, Any]]:
         """The outcome of each position of group ``g`` (those in ``positions``), skip
@@ -291,6 +323,21 @@ def split_by_cost(costs: np.ndarray, workers: int) -> np.ndarray:
         turn, step = i // workers, i % workers
         owner[rest] = np.asarray(start)[np.where(turn % 2 == 0, step, workers - 1 - step)]
     return owner
+
+
+def _with_pack_budget(config: Config, model) -> Config:
+    """``loader.pack`` needs every sample's exact token count (a model with a tokenizer),
+    and a sample longer than a pack is the filter's to handle (drop it, or fit it with
+    ``filter.over_budget``): the pack's size becomes each source's ``max_tokens`` too."""
+    import dataclasses
+
+    limit = config.loader.pack.max_tokens
+    if model is None or model.tokenizer_name is None:
+        raise ConfigError("loader.pack: packing needs each sample's token count: configure model.name and "
+                          "model.tokenizer")
+    sources = [dataclasses.replace(src, filter=dataclasses.replace(
+        src.filter, max_tokens=min(limit, src.filter.max_tokens or limit))) for src in config.sources]
+    return dataclasses.replace(config, sources=sources)
 
 
 def check_runtime(config: Config) -> None:

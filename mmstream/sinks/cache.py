@@ -150,7 +150,8 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
     config = load_config(config)
     # group by group: a group's samples then reach the writer together (its frames are
     # encoded once and, in the files layout, written once); mixing is for training
-    config = dataclasses.replace(config, loader=dataclasses.replace(config.loader, mix_buffer=0))
+    # (and one sample at a time: shards hold samples; their token counts let a trainer pack them)
+    config = dataclasses.replace(config, loader=dataclasses.replace(config.loader, mix_buffer=0, pack=None))
     check_output(config.output)
     check_model(config)
     rank, world_size = resolve_rank(rank, world_size, config)

@@ -6,8 +6,8 @@
 * ``megatron`` (Pai-Megatron-Patch ChatML, REFERENCE 6): tar members ``KEY.jpgs``
   (pickled list of JPEG bytes, one per image), ``KEY.videos`` (pickled list of lists
   of JPEG bytes, one inner list per video, an even number of frames each) and
-  ``KEY.json`` (the model record: ``conversations`` + ``second_per_grid_ts``). All
-  three are always written.
+  ``KEY.json`` (the model record: ``conversations`` + ``second_per_grid_ts``, plus the
+  sample's exact ``tokens`` when a tokenizer is configured). All three are always written.
 * ``minicpmv`` / ``idefics3``, layout ``wds``: one JPEG member per frame, named after
   the frame's file in the model record (``KEY.00000.jpg`` for ``KEY/00000.jpg``), plus
   ``KEY.json`` holding the model record unchanged.
@@ -228,6 +228,8 @@ def encode_megatron(sample: Sample, images: list[list[bytes]]) -> Encoded:
         vids.append(js + js[-1:] * ((-len(js)) % TEMPORAL_PATCH_SIZE))
     out = dict(rec)
     out["second_per_grid_ts"] = [float(x) for x in sgt]
+    if sample.tokens is not None:
+        out["tokens"] = dict(sample.tokens)  # {"text", "visual", "total"}: what a packer needs, without decoding
     return Encoded(key=key, members=[
         ("jpgs", pickle.dumps(jpgs, protocol=PICKLE_PROTOCOL)),
         ("videos", pickle.dumps(vids, protocol=PICKLE_PROTOCOL)),

@@ -57,6 +57,7 @@ class ChatMLSample(Sample):
     videos: list[torch.Tensor]
     conversation: list[dict[str, Any]]
     second_per_grid_ts: list[float]
+    tokens: Optional[dict[str, int]] = None  # the exact counts mmstream stored, when it did
 
 
 def decode_jpeg(data: bytes) -> torch.Tensor:
@@ -105,7 +106,65 @@ def cook_chatml(sample: dict) -> ChatMLSample:
         raise ValueError(f"sample {sample.get('__key__')!r}: {len(videos)} video(s) but "
                          f"{len(sgt)} second_per_grid_ts value(s)")
     return ChatMLSample(**basic_sample_keys(sample), images=images, videos=videos,
-                        conversation=list(record.get("conversations", [])), second_per_grid_ts=sgt)
+                        conversation=list(record.get("conversations", [])), second_per_grid_ts=sgt,
+                        tokens=record.get("tokens"))
+
+
+@edataclass
+class ChatMLRawSample(Sample):
+    """A sample before its frames are decoded: the JPEG bytes as stored, the conversation,
+    ``second_per_grid_ts`` and ``tokens`` (the exact counts mmstream wrote), so that
+    packing can choose without decoding a frame."""
+
+    images_jpeg: list[bytes]
+    videos_jpeg: list[list[bytes]]
+    conversation: list[dict[str, Any]]
+    second_per_grid_ts: list[float]
+    tokens: dict[str, int]
+
+
+@edataclass
+class ChatMLPack(Sample):
+    """Samples packed into one sequence of at most ``max_tokens`` tokens: sample i's tokens
+    are ``[offsets[i], offsets[i] + lengths[i])``."""
+
+    samples: list[ChatMLSample]
+    lengths: list[int]
+    offsets: list[int]
+    total: int
+
+
+@stateless
+def cook_chatml_raw(sample: dict) -> ChatMLRawSample:
+    """Crude dict -> :class:`ChatMLRawSample` (frames left as JPEG bytes)."""
+    for part in (IMAGES_PART, VIDEOS_PART, JSON_PART):
+        if part not in sample:
+            raise ValueError(f"sample {sample.get('__key__')!r} has no .{part} member")
+    record = _record(sample[JSON_PART])
+    tokens = record.get("tokens")
+    if not isinstance(tokens, dict) or "total" not in tokens:
+        raise ValueError(f"sample {sample.get('__key__')!r} has no token counts: cache it with a model tokenizer "
+                         f"configured (mmstream writes them into KEY.json)")
+    return ChatMLRawSample(**basic_sample_keys(sample), images_jpeg=list(_load(sample[IMAGES_PART])),
+                           videos_jpeg=[list(v) for v in _load(sample[VIDEOS_PART])],
+                           conversation=list(record.get("conversations", [])),
+                           second_per_grid_ts=[float(x) for x in record.get("second_per_grid_ts", [])],
+                           tokens={k: int(v) for k, v in tokens.items()})
+
+
+def decode_raw(raw: ChatMLRawSample) -> ChatMLSample:
+    """The frames of a raw sample decoded (what :func:`cook_chatml` makes at once)."""
+    videos = []
+    for frames in raw.videos_jpeg:
+        if len(frames) == 0 or len(frames) % 2:
+            raise ValueError(f"sample {raw.__key__!r}: a video has {len(frames)} frames (must be even)")
+        videos.append(torch.stack([decode_jpeg(b) for b in frames]))
+    if len(raw.second_per_grid_ts) != len(videos):
+        raise ValueError(f"sample {raw.__key__!r}: {len(videos)} video(s) but "
+                         f"{len(raw.second_per_grid_ts)} second_per_grid_ts value(s)")
+    return ChatMLSample.derive_from(raw, images=[decode_jpeg(b) for b in raw.images_jpeg], videos=videos,
+                                    conversation=raw.conversation, second_per_grid_ts=raw.second_per_grid_ts,
+                                    tokens=raw.tokens)
 
 
 class ChatMLTaskEncoder(DefaultTaskEncoder):
@@ -118,3 +177,39 @@ class ChatMLTaskEncoder(DefaultTaskEncoder):
     def __init__(self, *, subflavors: Optional[dict[str, Any]] = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.cookers = [Cooker(cook_chatml, has_subflavors=subflavors)]
+
+
+class ChatMLPackingTaskEncoder(DefaultTaskEncoder):
+    """energon's packing hooks over mmstream's token counts: use with
+    ``get_train_dataset(..., packing_buffer_size=N, task_encoder=ChatMLPackingTaskEncoder(max_tokens))``.
+
+    The cooker leaves frames as JPEG bytes; ``select_samples_to_pack`` packs a full buffer
+    first-fit decreasing by each sample's stored ``tokens["total"]`` (mmstream's own
+    :func:`mmstream.pack.first_fit`), so choosing decodes nothing; ``postencode_sample``
+    decodes the frames of the chosen samples; ``pack_selected_samples`` makes a
+    :class:`ChatMLPack`. A sample longer than ``max_tokens`` is a pack of its own (cache
+    with ``filter.max_tokens`` to keep it from happening).
+    """
+
+    def __init__(self, max_tokens: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.max_tokens = int(max_tokens)
+        self.cookers = [Cooker(cook_chatml_raw)]
+
+    def select_samples_to_pack(self, samples: list[ChatMLRawSample]) -> list[list[ChatMLRawSample]]:
+        from mmstream.pack import first_fit
+
+        return [[samples[i] for i in g] for g in first_fit([s.tokens["total"] for s in samples], self.max_tokens)]
+
+    @stateless
+    def postencode_sample(self, sample: ChatMLRawSample) -> ChatMLSample:
+        return decode_raw(sample)
+
+    @stateless
+    def pack_selected_samples(self, samples: list[ChatMLSample]) -> ChatMLPack:
+        lengths = [int(s.tokens["total"]) for s in samples]
+        return ChatMLPack.derive_from(samples[0], samples=samples, lengths=lengths,
+                                      offsets=[sum(lengths[:i]) for i in range(len(lengths))], total=sum(lengths))
+
+    def batch(self, samples):
+        return samples
