@@ -56,6 +56,7 @@ RESULT_FIELDS = {
     "decodes": "videos (media of a decode group) decoded in the run",
     "records_per_decode": "kept records served per decode (records sharing a video share its decode)",
     "mix_peak_mb": "peak frames held in each worker's mix buffer, MB",
+    "bytes_read": "bytes fetched from object storage (range requests; 0 for local media)",
 }
 
 MB = 1 << 20
@@ -232,6 +233,8 @@ def run_once(config, workers: int = 0, *, samples: Optional[int] = None, seconds
                               "decoder_helpers": int(counts.get("decoder_helpers", 0)),
                               "decoder_restarts": int(counts.get("decoder_restarts", 0)),
                               "decoder_peak_rss_mb": [round(helper_peaks[k], 1) for k in sorted(helper_peaks)],
+                              "bytes_read": int(counts.get("bytes_read", 0)),
+                              "bytes_read_per_sample": round(counts.get("bytes_read", 0) / max(kept, 1)),
                               "mix_buffer": cfg.loader.mix_buffer, "mix_buffer_mb": cfg.loader.mix_buffer_mb})
 
 
@@ -276,6 +279,7 @@ def make_result(name: str, config: str, workers: int, *, wall: float, samples: i
         "decodes": None if decodes is None else int(decodes),
         "records_per_decode": round(decoded_records / decodes, 3) if decodes else None,
         "mix_peak_mb": [round(p, 1) for p in mix_peak_mb],
+        "bytes_read": 0,
     }
     out.update(extra or {})
     return out

@@ -63,6 +63,18 @@ class PagesConfig:
 
 
 @dataclass
+class StorageConfig:
+    """How media and annotations at URLs (``s3://``, ``http(s)://``, ``gs://``, ``hf://``) are read."""
+
+    options: dict[str, Any] = knob(factory=dict)  # fsspec storage_options (e.g. endpoint_url); secrets never logged
+    timeout_s: float = knob(30.0, gt=0)  # per request (connect, read)
+    retries: int = knob(3, min=0)  # per request, with exponential backoff; then read_error
+    read_ahead_mb: float = knob(0.25, gt=0)  # range-request (block) size: larger, fewer requests; smaller, fewer bytes
+    cache_dir: Optional[str] = None  # copy remote media here on first use (a second epoch reads locally)
+    cache_max_gb: Optional[float] = knob(50.0, gt=0)  # bound of cache_dir, least recently used first
+
+
+@dataclass
 class SamplingConfig:
     fps: Optional[float] = knob(1.0, gt=0)  # ffmpeg fps-filter rate; null keeps every decoded frame
     max_frames: Optional[int] = knob(24, min=1)  # cap after fps sampling; null: no cap
@@ -83,6 +95,7 @@ class SamplingConfig:
     decoder_max_rss_mb: Optional[float] = knob(None, gt=0)  # replace the helper between items above this RSS
     video_exts: list[str] = knob(factory=lambda: ["mp4", "mkv", "webm", "avi", "mov"])
     pages: PagesConfig = knob(factory=PagesConfig)
+    storage: StorageConfig = knob(factory=StorageConfig)  # reading URLs (per source: sources[i].storage_options)
 
 
 @dataclass
@@ -121,6 +134,7 @@ class SourceConfig:
     format: str = knob("auto", choices=SOURCE_FORMATS)
     media_root: Optional[str] = None
     limit: Optional[int] = knob(None, min=0)
+    storage_options: dict[str, Any] = knob(factory=dict)  # fsspec options for this source's URLs (endpoint_url...)
     sampling: SamplingConfig = knob(factory=SamplingConfig)  # merged with the top level
     filter: FilterConfig = knob(factory=FilterConfig)  # merged with the top level
 
@@ -261,6 +275,7 @@ def _build(cls, data: Any, where: str):
 
 
 _SUBSECTIONS = {(SamplingConfig, "resize"): ResizeConfig, (SamplingConfig, "pages"): PagesConfig,
+                (SamplingConfig, "storage"): StorageConfig,
                 (LoaderConfig, "pack"): PackConfig}
 _NULLABLE = {(LoaderConfig, "pack")}  # subsections that may be null (off)
 
@@ -273,10 +288,20 @@ def _merge(base: dict, override: Optional[dict]) -> dict:
 
 
 def _resolve(base_dir: str, path: Optional[str]) -> Optional[str]:
+    """An absolute path, relative ones from the config's folder; URLs as they are."""
     if path is None:
         return None
-    path = os.path.expanduser(str(path))
+    path = str(path)
+    if "://" in path and not path.startswith("file://"):
+        return path.rstrip("/") if path.count("/") > 3 else path
+    path = os.path.expanduser(path[len("file://"):] if path.startswith("file://") else path)
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+
+
+def _parent(path: str) -> str:
+    if "://" in path and not path.startswith("file://"):
+        return path.rsplit("/", 1)[0]
+    return os.path.dirname(path)
 
 
 def load_config(source: Union[str, os.PathLike, dict, Config], **overrides: Any) -> Config:
@@ -342,8 +367,11 @@ def _from_dict(data: dict) -> Config:
                                f"{where}.filter")
         src = _build(SourceConfig, raw, where)
         check_section(src, where)
+        if src.storage_options:  # this source's fsspec options, over the sampling.storage ones
+            src.sampling.storage.options = {**src.sampling.storage.options, **src.storage_options}
         src.annotations = _resolve(base_dir, os.fspath(src.annotations))
-        src.media_root = _resolve(base_dir, src.media_root) if src.media_root else os.path.dirname(src.annotations)
+        src.media_root = (_resolve(base_dir, src.media_root) if src.media_root
+                          else _parent(src.annotations))
         sources.append(src)
     model = data.get("model")
     cfg = Config(

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Iterator, Optional, Union
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from . import timing
+from . import storage, timing
 from .config import Config, load_config
 from .dist import resolve_rank
 from .errors import ConfigError, SampleError
@@ -350,7 +350,7 @@ def check_runtime(config: Config) -> None:
 
     for src in config.sources:
         where = f"source {src.name!r}"
-        if not os.path.isdir(src.media_root):
+        if not storage.is_url(src.media_root) and not os.path.isdir(src.media_root):
             raise ConfigError(f"{where}: media_root {src.media_root} is not a folder")
         try:
             get_backend(src.sampling.decoder)

@@ -302,3 +302,14 @@ def test_missing_and_outside_root(tmp_path):
     with pytest.raises(SampleError) as err:
         plan_media(MediaRef("video", "../x.mp4", root=str(tmp_path)), SamplingConfig())
     assert err.value.reason == "path_outside_root"
+
+
+def test_index_probe_equals_the_full_demux(clips, tmp_path):
+    """The probe used for remote media (timestamps from the MP4 index) gives what a full demux gives."""
+    rotated = encode_counter_video(tmp_path / "rot.mp4", num_frames=30, size=(160, 96), rotate=90)
+    vfr = encode_counter_video(tmp_path / "vfr.mp4", num_frames=20, pts_list=[i * 0.1 + (0.03 if i % 3 else 0)
+                                                                          for i in range(20)])
+    for path in list(clips.values()) + [rotated, vfr]:
+        a, b = probe_video(str(path), from_index=True), probe_video(str(path), from_index=False)
+        assert (a.pts, a.keyframes, a.time_base, a.width, a.height, a.rotation) == \
+               (b.pts, b.keyframes, b.time_base, b.width, b.height, b.rotation), path

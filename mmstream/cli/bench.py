@@ -80,6 +80,9 @@ def format_result(r: dict) -> str:
         lines.append(f"  {r['decodes']} decode(s), {r['records_per_decode']} record(s) per decode; "
                      f"mix buffer peak per worker (MB): {r.get('mix_peak_mb')} "
                      f"(mix_buffer {r.get('mix_buffer')}, mix_buffer_mb {r.get('mix_buffer_mb')})")
+    if r.get("bytes_read"):
+        lines.append(f"  read {r['bytes_read'] / MB:.1f} MB from object storage "
+                     f"({r['bytes_read_per_sample'] / MB:.2f} MB per sample)")
     if r["bytes_written"]:
         lines.append(f"  wrote {r['bytes_written'] / MB:.1f} MB")
     return "\n".join(lines)

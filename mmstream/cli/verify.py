@@ -20,8 +20,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from .. import storage
     from ..sinks.manifest import verify
 
-    report = verify(args.dir)
+    if storage.is_url(args.dir):  # a bucket: read back, then checked (credentials from the environment)
+        from ..sinks.remote import verify_url
+
+        report = verify_url(args.dir)
+    else:
+        report = verify(args.dir)
     print(report)
     return 0 if report.ok else 1

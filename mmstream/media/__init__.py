@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps
 
-from .. import timing
+from .. import storage, timing
 from ..config import SamplingConfig
 from ..errors import DECODE_ERROR, NO_FRAMES, SampleError
 from ..types import Clip, MediaPlan, MediaRef
@@ -34,7 +34,7 @@ def _out_size(width: int, height: int, sampling: SamplingConfig) -> tuple[int, i
 
 def plan_media(ref: MediaRef, sampling: SamplingConfig) -> MediaPlan:
     """Decide the frames of one media item from its metadata (no pixel decoded)."""
-    with timing.stage("probe"):
+    with timing.stage("probe"), storage.using(sampling.storage):
         return _plan_media(ref, sampling)
 
 
@@ -56,7 +56,7 @@ def _plan_media(ref: MediaRef, sampling: SamplingConfig) -> MediaPlan:
 
 def _plan_image(path: str, sampling: SamplingConfig) -> MediaPlan:
     try:
-        with Image.open(path) as im:
+        with storage.open_media(path) as src, Image.open(src) as im:
             im = ImageOps.exif_transpose(im)
             width, height = im.size
     except (OSError, ValueError) as exc:
@@ -105,7 +105,7 @@ def _plan_folder(folder: str, sidecar_fps: Optional[str], sampling: SamplingConf
     if not files:
         raise SampleError(NO_FRAMES, "frame folder holds no images", path=folder)
     try:
-        with Image.open(files[0]) as im:
+        with storage.open_media(files[0]) as src, Image.open(src) as im:
             width, height = im.size
     except (OSError, ValueError) as exc:
         raise SampleError(DECODE_ERROR, f"cannot read frame: {exc}", path=files[0]) from None
@@ -144,7 +144,7 @@ def fit_plan(plan: MediaPlan, count: int) -> MediaPlan:
 
 def _load_image(path: str, size: tuple[int, int]) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        with storage.open_media(path) as src, Image.open(src) as im:
             rgb = to_rgb8(ImageOps.exif_transpose(im))
     except (OSError, ValueError) as exc:
         raise SampleError(DECODE_ERROR, f"cannot read image: {exc}", path=path) from None
@@ -173,7 +173,7 @@ def _stack(got: dict[int, np.ndarray], indices: list[int], out: Optional[np.ndar
 
 def decode_media(plan: MediaPlan, sampling: SamplingConfig, out: Optional[np.ndarray] = None) -> Clip:
     """Decode exactly the planned frames (into ``out``, ``[T, H, W, 3]`` uint8, when given)."""
-    with timing.stage("decode"):
+    with timing.stage("decode"), storage.using(sampling.storage):
         clip = _decode_media(plan, sampling, out)
     if out is not None and not np.may_share_memory(clip.frames, out):
         n = clip.num_frames

@@ -70,14 +70,85 @@ def _hevc_temporal_id(data: memoryview, length_size: int) -> int:
     return max((data[head + 1] & 7) - 1, 0)
 
 
-def probe_video(path: str) -> VideoInfo:
+def probe_video(path: str, from_index: Optional[bool] = None) -> VideoInfo:
+    """The video's frame timestamps, key frames, size and rotation; see :func:`_probe`.
+
+    ``from_index`` (default: for remote media) reads the timestamps from an MP4/MOV's
+    index (:mod:`.mp4index`) instead of demuxing every packet, so a remote video costs the
+    bytes of its index and first frame, not the whole object; any other container, or
+    an index it does not vouch for, is demuxed as a local file is."""
+    from .. import storage
+
+    if from_index is None:
+        from_index = storage.is_url(path)
+    if from_index:
+        info = _probe_index(path)
+        if info is not None:
+            return info
+    return _probe(path)
+
+
+def _probe_index(path: str) -> Optional[VideoInfo]:
+    from .. import storage
+    from .mp4index import composition_offsets
+
+    try:
+        with storage.open_media(path) as source:
+            if isinstance(source, str):
+                with open(source, "rb") as f:
+                    offsets = composition_offsets(f)
+            else:
+                offsets = composition_offsets(source)
+                source.seek(0)
+            if not offsets:
+                return None
+            with av.open(source, metadata_errors="ignore") as container:
+                if not container.streams.video or "mp4" not in container.format.name:
+                    return None
+                stream = container.streams.video[0]
+                entries = list(stream.index_entries)
+                if stream.index >= len(offsets) or offsets[stream.index] is None or not entries \
+                        or len(entries) != len(offsets[stream.index]) or any(e.is_discard for e in entries):
+                    return None
+                cc = stream.codec_context
+                cc.thread_count = 1
+                rotation = 0
+                for packet in container.demux(stream):  # the first frame only, for the display matrix
+                    frames = packet.decode()
+                    if frames:
+                        rotation = int(frames[0].rotation or 0) % 360
+                        break
+                pts = [e.timestamp + off for e, off in zip(entries, offsets[stream.index])]
+                keys = sorted(p for p, e in zip(pts, entries) if e.is_keyframe)
+                pts.sort()
+                width, height, codec = cc.width, cc.height, cc.name
+                time_base = Fraction(stream.time_base.numerator, stream.time_base.denominator)
+                rate = stream.average_rate or stream.guessed_rate
+    except SampleError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, RuntimeError):
+        return None  # let the full probe decide (and report) what is wrong
+    if rotation in (90, 270):
+        width, height = height, width
+    last = None
+    if len(pts) == 1 and rate:
+        last = int(round(1 / (Fraction(rate.numerator, rate.denominator) * time_base)))
+    # HEVC temporal sub-layers are in the packets, not the index: assume some (no non-reference skipping)
+    return VideoInfo(pts=pts, keyframes=keys or [pts[0]], time_base=time_base, width=width, height=height,
+                     rotation=rotation, last_duration=last, codec=codec,
+                     temporal_layers=2 if codec == "hevc" else 1, average_rate=float(rate) if rate else None)
+
+
+def _probe(path: str) -> VideoInfo:
     """Read every packet header of the first video stream (no decoding).
 
     Raises :class:`SampleError` (``decode_error`` / ``no_frames``) for files that are not
     readable video.
     """
+    from .. import storage
+
     try:
-        with av.open(path, metadata_errors="ignore") as container:
+        with storage.open_media(path) as source, av.open(source, metadata_errors="ignore") as container:
             if not container.streams.video:
                 raise SampleError(NO_FRAMES, "no video stream", path=path)
             stream = container.streams.video[0]

@@ -42,20 +42,35 @@ def _root(root: str) -> tuple[str, str]:
 
 
 def read_sidecar_fps(folder: str) -> Optional[str]:
-    side = folder.rstrip(os.sep) + ".json"
+    from .. import storage
+
+    side = folder.rstrip("/" if storage.is_url(folder) else os.sep) + ".json"
     if _kind_of(side) != "file":  # absent, or a FIFO that would block the open
         return None
     try:
-        with open(side, encoding="utf-8") as f:
-            fps = json.load(f).get("fps")
-    except (OSError, ValueError, AttributeError):
+        fps = json.loads(storage.read_bytes(side)).get("fps")
+    except (OSError, ValueError, AttributeError, SampleError):
         return None
     return str(fps) if fps not in (None, "", 0, "0") else None
 
 
+def locate(path: str, root: str) -> str:
+    """``path`` under ``root`` (a folder or a URL), with the lexical escape check."""
+    from .. import storage
+
+    if storage.is_url(root) or storage.is_url(path):
+        return storage.join(root if storage.is_url(root) else path, path)
+    return inside_root(path, root)
+
+
 def _kind_of(path: str) -> Optional[str]:
     """``"file"``, ``"dir"``, ``"other"`` (a FIFO, a socket, a device) or None (nothing
-    there). One ``stat``: never opens the path, so a FIFO cannot block here."""
+    there). One ``stat``: never opens the path, so a FIFO cannot block here. A URL: one
+    lookup of the object."""
+    from .. import storage
+
+    if storage.is_url(path):
+        return storage.kind_of(path)
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
@@ -84,7 +99,7 @@ def resolve(ref: MediaRef, video_exts=("mp4", "mkv", "webm", "avi", "mov")) -> R
     """
     if ref.path is None:
         raise SampleError(MISSING_MEDIA, "media has no path")
-    full = inside_root(ref.path, ref.root or os.getcwd())
+    full = locate(ref.path, ref.root or os.getcwd())
     kind = _kind_of(full)
     if ref.kind == "image":
         if kind == "file":
@@ -118,6 +133,10 @@ def resolve(ref: MediaRef, video_exts=("mp4", "mkv", "webm", "avi", "mov")) -> R
 def list_frames(folder: str) -> list[str]:
     """The frame files of a folder in name order. Every entry with a frame extension must
     be a regular file (``not_a_file`` otherwise: a FIFO named 00001.jpg would block a reader)."""
+    from .. import storage
+
+    if storage.is_url(folder):
+        return [u for u in storage.list_dir(folder) if u.lower().endswith(FRAME_EXTS)]
     frames = []
     try:
         with os.scandir(folder) as entries:

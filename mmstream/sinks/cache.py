@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Union
 
 from torch.utils.data import IterableDataset
 
+from .. import storage
 from ..config import Config, OutputConfig, load_config
 from ..dist import resolve_rank
 from ..errors import ConfigError, MmstreamError, SampleError
@@ -41,6 +42,7 @@ from ..types import Drop, Sample
 from . import manifest as mf
 from .atomic import TMP_MARK, is_tmp_name, remove_quietly
 from .formats import IMAGES_DIR, check_output, encoder_for
+from .remote import RemoteOutput, staging_dir
 from .shards import PARTS_DIR, FilesWriter, ShardWriter, parse_shard_name, record_image_paths, shard_name
 
 log = logging.getLogger(__name__)
@@ -158,17 +160,28 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise ConfigError("workers must be >= 0")
-    out = os.path.abspath(output_dir)
-    mf.makedirs(out)
+    remote = None
+    if storage.is_url(output_dir):  # a bucket: a local mirror, each committed shard uploaded (remote.py)
+        options = config.output.options or {}
+        out = staging_dir(output_dir, options)
+        conf = dataclasses.replace(config.sampling.storage, options={
+            **config.sampling.storage.options, **(options.get("storage_options") or {})})
+        mf.makedirs(out)
+        remote = RemoteOutput(output_dir, out, conf)
+    else:
+        out = os.path.abspath(output_dir)
+        mf.makedirs(out)
     started = time.monotonic()
     with mf.file_lock(out, f"rank-{rank}.lock", what=f"cache rank {rank}"):
+        if remote is not None:
+            remote.pull(rank)
         manifest, resumed = open_rank(out, config, rank, world_size, resume=resume)
         before = manifest.counts()
         stats = {"kept": 0, "dropped": {}, "shards": 0}
         if not manifest.complete:
             remove_quietly(os.path.join(out, mf.MANIFEST))  # the folder is changing: no longer final
             stats = _cache_loop(config, out, manifest, rank, world_size, workers, progress,
-                                dataset_factory or _default_factory)
+                                dataset_factory or _default_factory, remote)
     elapsed = time.monotonic() - started
     counts = manifest.counts()
     summary = {
@@ -183,17 +196,25 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
         "samples_per_s": round(stats["kept"] / elapsed, 3) if elapsed > 0 else None,
         "finalized": False, "manifest": manifest.path,
     }
+    if remote is not None:
+        remote.gather()  # every rank's manifest (and shards, to finalize) from the bucket
+        summary["output"] = storage.redact(output_dir)
+        summary["manifest"] = storage.redact(f"{output_dir.rstrip('/')}/{os.path.basename(manifest.path)}")
     if finalize is True or (finalize == "auto" and _all_ranks_complete(out, world_size)):
         t0 = time.monotonic()
         mf.finalize(out)
+        if remote is not None:
+            remote.upload_final()
         summary["finalized"] = True
         summary["finalize_s"] = round(time.monotonic() - t0, 3)
-        summary["manifest"] = os.path.join(out, mf.MANIFEST)
+        summary["manifest"] = (storage.redact(f"{output_dir.rstrip('/')}/{mf.MANIFEST}") if remote is not None
+                               else os.path.join(out, mf.MANIFEST))
     return summary
 
 
 def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, world_size: int,
-                workers: int, progress: bool, factory: DatasetFactory) -> dict[str, Any]:
+                workers: int, progress: bool, factory: DatasetFactory,
+                remote: Optional["RemoteOutput"] = None) -> dict[str, Any]:
     import torch.utils.data
     from tqdm import tqdm
 
@@ -205,7 +226,11 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
     bar = tqdm(desc=f"cache rank {rank}/{world_size}", unit="sample", disable=not progress, dynamic_ncols=True)
 
     def on_commit(info) -> None:
+        if remote is not None:
+            remote.upload_shard(info)  # under its final name, before a manifest lists it
         manifest.add_shard(info, pending)
+        if remote is not None:
+            remote.upload(os.path.basename(manifest.path))
         pending.clear()
         stats["shards"] += 1
         bar.set_postfix(dropped=sum(dropped.values()), shards=len(manifest.shards), refresh=False)
@@ -242,9 +267,27 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
                 stats["kept"] += 1
                 bar.update(1)
         manifest.finish(pending)
+        if remote is not None:
+            remote.upload(os.path.basename(manifest.path))
     finally:
         bar.close()
     return stats
+
+
+def manifest_config(config: Config) -> dict[str, Any]:
+    """The config as a manifest records it: storage secrets replaced by ``***``."""
+    d = config.to_dict()
+    sections = [d["sampling"]] + [src["sampling"] for src in d["sources"]]
+    for sampling in sections:
+        sampling["storage"]["options"] = storage.redact_options(sampling["storage"]["options"])
+    for src in d["sources"]:
+        src["storage_options"] = storage.redact_options(src.get("storage_options") or {})
+        src["annotations"] = storage.redact(src["annotations"])
+        src["media_root"] = storage.redact(src["media_root"])
+    opts = d["output"].get("options") or {}
+    if "storage_options" in opts:
+        opts["storage_options"] = storage.redact_options(opts["storage_options"])
+    return d
 
 
 def open_rank(out: str, config: Config, rank: int, world_size: int, *, resume: bool) -> tuple[mf.RankManifest, bool]:
@@ -257,7 +300,7 @@ def open_rank(out: str, config: Config, rank: int, world_size: int, *, resume: b
     if others:
         raise MmstreamError(f"{out} holds a run with world size {others[0].world_size} (rank {others[0].rank}); "
                             f"use a new folder, or the same world size to resume it")
-    config_dict = config.to_dict()
+    config_dict = manifest_config(config)
     existing = mf.RankManifest.load(out, rank)
     if existing is not None and not resume:
         _delete_rank(out, existing)

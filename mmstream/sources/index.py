@@ -19,6 +19,7 @@ multi-GB annotation file is never held in memory.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -32,7 +33,7 @@ from typing import BinaryIO, Iterator, Optional, Union
 import numpy as np
 
 from ..config import Config, SourceConfig
-from ..errors import BAD_JSON, UNREADABLE_TAIL, SampleError
+from ..errors import BAD_JSON, UNREADABLE_TAIL, ConfigError, SampleError
 from ..types import MediaRef, Record
 from .jsonstream import Span, read_span
 
@@ -51,7 +52,7 @@ def media_signature(record: Record) -> Optional[tuple]:
     medium's kind and its lexically resolved path (or, for pages rendered from text,
     the text). None for a record without media or with a path outside its root
     (it is then a group of its own)."""
-    from ..media.resolve import inside_root
+    from ..media.resolve import locate
 
     if not record.media:
         return None
@@ -64,7 +65,7 @@ def media_signature(record: Record) -> Optional[tuple]:
             return None
         else:
             try:
-                parts.append((ref.kind, "path", inside_root(ref.path, ref.root or os.getcwd())))
+                parts.append((ref.kind, "path", locate(ref.path, ref.root or os.getcwd())))
             except SampleError:
                 return None
     return tuple(parts)
@@ -158,7 +159,9 @@ class RecordIndex:
         pos = 0
         for s, src in enumerate(config.sources):
             first = pos
-            for item, span in _with_progress(iter_source_spans(src), src, progress):
+            local = local_annotations(src)
+            scan_src = src if local == src.annotations else dataclasses.replace(src, annotations=local)
+            for item, span in _with_progress(iter_source_spans(scan_src), scan_src, progress):
                 src_ids.append(s)
                 offsets.append(span.offset)
                 lengths.append(span.length)
@@ -172,7 +175,7 @@ class RecordIndex:
                 else:
                     costs.append(0.0)
                 pos += 1
-            spans.append(SourceSpan(src.name, src.annotations, first, pos - first))
+            spans.append(SourceSpan(src.name, local, first, pos - first))
         group = _group_ids(np.frombuffer(keys, dtype=np.uint64) if len(keys) else np.zeros(0, np.uint64))
         index = cls(config, spans, np.frombuffer(src_ids, np.uint16).copy(), np.frombuffer(offsets, np.int64).copy(),
                     np.frombuffer(lengths, np.int32).copy(), np.frombuffer(statuses, np.uint8).copy(), group,
@@ -224,7 +227,7 @@ class RecordIndex:
         src = self.config.sources[s]
         span = Span(int(self.offset[p]), int(self.length[p]), _STATUS[int(self.status[p])])
         local = p - src_span.first
-        obj = read_span(self._file(s), span, src.annotations)
+        obj = read_span(self._file(s), span, src_span.path)
         item = one_item(obj, record_key(src.name, local), local, src, converter_for(src))
         if isinstance(item, Record):
             item.index = p
@@ -250,6 +253,57 @@ class RecordIndex:
         for f in self._files.values():
             f.close()
         self._files = {}
+
+
+def local_annotations(src: SourceConfig) -> str:
+    """The annotation file to read: the path itself, or a local copy of a URL (made once,
+    in ``sampling.storage.cache_dir`` or ``~/.cache/mmstream/annotations``), which the
+    workers then read by offset without a request per record."""
+    from .. import storage
+
+    if not storage.is_url(src.annotations):
+        return src.annotations
+    conf = storage.settings(src.sampling.storage)
+    folder = os.path.join(conf.cache_dir, "annotations") if conf.cache_dir else os.path.join(
+        os.path.expanduser("~"), ".cache", "mmstream", "annotations")
+    try:
+        fs, path = storage.filesystem(src.annotations, conf)
+        signature = fs.info(path)
+        stamp = str(signature.get("ETag") or signature.get("etag") or signature.get("LastModified")
+                    or signature.get("size"))
+    except FileNotFoundError:
+        raise ConfigError(f"annotation file {storage.redact(src.annotations)} does not exist") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"cannot read annotation file {storage.redact(src.annotations)}: "
+                          f"{storage.redact(exc)}") from None
+    try:
+        return _copy_annotations(src.annotations, stamp, conf, folder)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"cannot read annotation file {storage.redact(src.annotations)}: "
+                          f"{storage.redact(exc)}") from None
+
+
+def _copy_annotations(url: str, stamp: str, conf, folder: str) -> str:
+    """The copy is named by the URL and the object's version (ETag / modification time),
+    so an annotation file that changes is read again."""
+    import hashlib
+
+    from .. import storage
+
+    digest = hashlib.sha1(f"{url}\0{stamp}".encode()).hexdigest()
+    local = os.path.join(folder, digest + ".json")
+    if os.path.exists(local):
+        return local
+    os.makedirs(folder, exist_ok=True)
+    fs, path = storage.filesystem(url, conf)
+    tmp = f"{local}.tmp-{os.getpid()}"
+    try:
+        fs.get_file(path, tmp)
+        os.replace(tmp, local)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return local
 
 
 def _group_ids(keys: np.ndarray) -> np.ndarray:

@@ -23,6 +23,14 @@ class DecordBackend(Backend):
              threads: int = 1, salvage: bool = False) -> dict[int, np.ndarray]:
         import decord
 
+        from ... import storage
+
+        if storage.is_url(path):  # decord opens paths only: a URL goes through the local copy cache
+            with storage.open_media(path) as source:
+                if not isinstance(source, str):
+                    raise SampleError(DECODE_ERROR, "decord reads URLs only through sampling.storage.cache_dir "
+                                                    "(or use the pyav or torchcodec decoder)", path=path)
+                return self.read(source, info, positions, size, threads, salvage)
         width, height = size  # decord applies the display matrix itself: size is the upright size
         out: dict[int, np.ndarray] = {}
         try:

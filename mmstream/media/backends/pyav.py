@@ -105,9 +105,11 @@ class PyAVBackend(Backend):
 
     def read(self, path: str, info: VideoInfo, positions: Sequence[int], size: tuple[int, int],
              threads: int = 1, salvage: bool = False) -> dict[int, np.ndarray]:
+        from ... import storage
+
         out: dict[int, np.ndarray] = {}
         try:
-            with av.open(path, metadata_errors="ignore") as container:
+            with storage.open_media(path) as source, av.open(source, metadata_errors="ignore") as container:
                 stream = container.streams.video[0]
                 count, kind = decoder_threads(threads)
                 if kind:

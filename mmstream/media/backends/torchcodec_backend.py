@@ -28,9 +28,13 @@ class TorchCodecBackend(Backend):
 
         width, height = size
         transforms = [Resize((height, width))] if (width, height) != (info.width, info.height) else None
+        from ... import storage
+
         out: dict[int, np.ndarray] = {}
+        opened = storage.open_media(path)
+        source = opened.__enter__()
         try:
-            decoder = VideoDecoder(path, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=threads,
+            decoder = VideoDecoder(source, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=threads,
                                    transforms=transforms)
             if decoder.metadata.num_frames != info.num_frames:
                 raise SampleError(DECODE_ERROR, f"torchcodec sees {decoder.metadata.num_frames} frames, the "
@@ -50,6 +54,8 @@ class TorchCodecBackend(Backend):
             raise
         except (RuntimeError, ValueError, OSError) as exc:
             raise SampleError(DECODE_ERROR, f"torchcodec failed: {exc}", path=path) from None
+        finally:
+            opened.__exit__(None, None, None)
         half_frame = 0.5 / max(info.num_frames / max(info.duration_seconds, 1e-9), 1e-9)
         for pos_list, batch in batches:
             frames = batch.data.numpy()

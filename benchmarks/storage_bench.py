@@ -1,0 +1,112 @@
+"""Object storage against local disk (issue 11), with a real S3 server on 127.0.0.1.
+
+    python benchmarks/storage_bench.py build/bench --json
+
+Starts moto's S3 server in this process, uploads the benchmark set's videos and the epoch
+annotations to a bucket, writes an s3:// copy of ``epoch.yaml`` and runs ``mmstream bench``
+on both, in turn (``--repeat`` times, medians); then reads one 5-minute long-GOP clip with
+T2Vid's sparse sampling (24 frames) from the bucket and reports the bytes fetched against
+the object's size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from servers import s3_server  # noqa: E402
+
+BUCKET = "mmstream-bench"
+CONFIG = """\
+sources:
+  - {{name: {name}, format: llava, annotations: {ann}, media_root: {root},
+     storage_options: {{endpoint_url: "{endpoint}", key: testing, secret: testing}}}}
+sampling: {{fps: 1.0, max_frames: 24, strategy: t2vid}}
+filter: {{one_video_in_first_turn: true}}
+loader: {{seed: 0, mix_buffer: 32, mix_buffer_mb: 512}}
+"""
+
+
+def bench(config: str, workers: int) -> dict:
+    res = subprocess.run([sys.executable, "-m", "mmstream.cli", "bench", config, "--workers", str(workers), "--json"],
+                         capture_output=True, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        raise SystemExit(res.stderr[-3000:])
+    return json.loads(res.stdout)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("data", help="the benchmark set (benchmarks/make_data.py --out DIR)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    data = os.path.abspath(args.data)
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with s3_server() as endpoint:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        with open(os.path.join(data, "annotations", "epoch.jsonl")) as f:
+            videos = sorted({json.loads(line)["video"] for line in f})
+        for v in videos + ["videos/h264_720p_gop250_300s.mp4"]:
+            s3.upload_file(os.path.join(data, v), BUCKET, v)
+        s3.upload_file(os.path.join(data, "annotations", "epoch.jsonl"), BUCKET, "annotations/epoch.jsonl")
+        sparse_ann = os.path.join(data, "annotations", "sparse_one.jsonl")
+        with open(sparse_ann, "w") as f:
+            f.write(json.dumps({"id": "sparse", "video": "videos/h264_720p_gop250_300s.mp4", "conversations": [
+                {"from": "human", "value": "<video>\nDescribe it."}, {"from": "gpt", "value": "A video."}]}) + "\n")
+        s3.upload_file(sparse_ann, BUCKET, "annotations/sparse_one.jsonl")
+        remote_cfg = os.path.join(data, "epoch_s3.yaml")
+        with open(remote_cfg, "w") as f:
+            f.write(CONFIG.format(name="epoch", ann=f"s3://{BUCKET}/annotations/epoch.jsonl", root=f"s3://{BUCKET}",
+                                  endpoint=endpoint))
+        sparse_cfg = os.path.join(data, "sparse_s3.yaml")
+        with open(sparse_cfg, "w") as f:
+            f.write(CONFIG.format(name="sparse", ann=f"s3://{BUCKET}/annotations/sparse_one.jsonl",
+                                  root=f"s3://{BUCKET}", endpoint=endpoint))
+        runs = {"local": [], "s3": []}
+        for _ in range(args.repeat):
+            runs["local"].append(bench(os.path.join(data, "epoch.yaml"), args.workers))
+            runs["s3"].append(bench(remote_cfg, args.workers))
+        sparse = {}
+        for mb in (1.0, 0.25, 0.0625):  # range-request (block) size: fewer requests vs fewer bytes
+            with open(sparse_cfg, "w") as f:
+                f.write(CONFIG.format(name="sparse", ann=f"s3://{BUCKET}/annotations/sparse_one.jsonl",
+                                      root=f"s3://{BUCKET}", endpoint=endpoint)
+                        .replace("strategy: t2vid}", f"strategy: t2vid, storage: {{read_ahead_mb: {mb}}}}}"))
+            sparse[mb] = bench(sparse_cfg, 0)
+    med = {k: statistics.median(r["samples_per_s"] for r in rs) for k, rs in runs.items()}
+    size = os.path.getsize(os.path.join(data, "videos", "h264_720p_gop250_300s.mp4"))
+    out = {"workers": args.workers, "repeat": args.repeat,
+           "local_samples_per_s": med["local"], "s3_samples_per_s": med["s3"],
+           "ratio": round(med["s3"] / med["local"], 3),
+           "s3_bytes_read": statistics.median(r["bytes_read"] for r in runs["s3"]),
+           "local_runs_s": [r["wall_s"] for r in runs["local"]], "s3_runs_s": [r["wall_s"] for r in runs["s3"]],
+           "sparse_clip": "h264_720p_gop250_300s.mp4", "sparse_frames": sparse[0.25]["frames"],
+           "sparse_object_bytes": size,
+           "sparse_fraction": round(sparse[0.25]["bytes_read"] / size, 3),  # the default block size
+           "sparse_by_block_mb": {str(mb): {"fraction": round(r["bytes_read"] / size, 3), "wall_s": r["wall_s"]}
+                                  for mb, r in sparse.items()},
+           "command": "python benchmarks/storage_bench.py build/bench --json"}
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print(f"s3 {out['s3_samples_per_s']:.3f} vs local {out['local_samples_per_s']:.3f} samples/s = {out['ratio']}x; "
+              f"sparse 24 frames of a 5 min clip read {100 * out['sparse_fraction']:.0f}% of the object")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""``mmstream cache --output s3://bucket/prefix``: the cache in object storage, with the
+same rule as on disk: a reader never sees a partial shard.
+
+The run writes into a local staging mirror of the output (``output.options.staging_dir``,
+default ``~/.cache/mmstream/staging/<hash of the URL>``) exactly as it writes a local
+cache, and after each shard is committed there it uploads the shard under its final name
+(an object store's PUT makes an object appear whole or not at all), then the rank
+manifest that lists it. A rerun after a kill, on this machine or another, first brings
+the rank's manifest and the shards it lists back from the bucket, deletes shards in the
+bucket that no manifest lists (uploaded just before a kill), and goes on as a local
+resume does. Finalizing gathers every rank's manifest and shards into the mirror, writes
+the trainer metadata there (energon's ``prepare`` needs the tars) and uploads it, the
+merged ``manifest.json`` last. ``mmstream verify URL`` reads everything back from the
+bucket into a temporary folder and checks it there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+from .. import storage
+from . import manifest as mf
+from .atomic import TMP_MARK
+from .shards import PARTS_DIR, record_image_paths
+
+log = logging.getLogger(__name__)
+
+
+def staging_dir(url: str, options: dict) -> str:
+    folder = options.get("staging_dir") or os.path.join(os.path.expanduser("~"), ".cache", "mmstream", "staging")
+    return os.path.join(os.path.abspath(os.path.expanduser(folder)),
+                        hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16])
+
+
+class RemoteOutput:
+    """The bucket side of a cache folder (``url``) and its local mirror (``local``)."""
+
+    def __init__(self, url: str, local: str, conf: Any):
+        self.url = url.rstrip("/")
+        self.local = local
+        self.conf = storage.settings(conf) if not isinstance(conf, storage._Settings) else conf
+        self.fs, self.root = storage.filesystem(self.url, self.conf)
+
+    def _remote(self, rel: str) -> str:
+        return f"{self.root.rstrip('/')}/{rel}"
+
+    def _exists(self, rel: str) -> bool:
+        return bool(storage._retrying("looking up", self.url, lambda: self.fs.exists(self._remote(rel))))
+
+    def upload(self, rel: str) -> None:
+        """Put the mirror's ``rel`` under its final name in the bucket."""
+        src = os.path.join(self.local, rel)
+        storage._retrying("uploading", self.url, lambda: self.fs.put_file(src, self._remote(rel)))
+
+    def download(self, rel: str) -> None:
+        dst = os.path.join(self.local, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        storage._retrying("downloading", self.url, lambda: self.fs.get_file(self._remote(rel), tmp))
+        os.replace(tmp, dst)
+
+    def names(self) -> list[str]:
+        """Every object under the output, relative to it."""
+        root = self.root.rstrip("/")
+        try:
+            found = storage._retrying("listing", self.url, lambda: self.fs.find(root))
+        except Exception:  # noqa: BLE001 - an empty prefix
+            return []
+        return [f[len(root) + 1:] for f in found if f.startswith(root + "/")]
+
+    # -- the cache run --------------------------------------------------------------------
+    def upload_shard(self, info) -> None:
+        """After a commit: the shard (a files-layout part: its frames first), under its final name."""
+        if info.name.startswith(PARTS_DIR + "/"):
+            with open(os.path.join(self.local, info.name), encoding="utf-8") as f:
+                for record in json.load(f):
+                    for rel in record_image_paths(record):
+                        self.upload(rel)
+        self.upload(info.name)
+
+    def pull(self, rank: int) -> None:
+        """Bring this rank's manifest and the shards it lists back from the bucket, unless
+        the mirror has them already; delete shards in the bucket no manifest lists."""
+        names = self.names()
+        for n in names:
+            if n.startswith("manifest.rank-") and n.endswith(".json") and not os.path.exists(os.path.join(self.local, n)):
+                self.download(n)
+        listed = set()
+        for m in mf.load_rank_manifests(self.local):
+            for s in m.shards:
+                listed.add(s["name"])
+                if m.rank == rank:
+                    path = os.path.join(self.local, s["name"])
+                    if not (os.path.isfile(path) and os.path.getsize(path) == s["bytes"]) and s["name"] in names:
+                        self.download(s["name"])
+                        if s["name"].startswith(PARTS_DIR + "/"):
+                            with open(path, encoding="utf-8") as f:
+                                for record in json.load(f):
+                                    for rel in record_image_paths(record):
+                                        if not os.path.exists(os.path.join(self.local, rel)):
+                                            self.download(rel)
+        from .shards import parse_shard_name
+
+        for n in names:
+            parsed = parse_shard_name(n)
+            if parsed is not None and n not in listed and (parsed["rank"] in (rank, None)):
+                log.info("removing %s from the bucket: no manifest lists it (uploaded before a kill)",
+                         storage.redact(f"{self.url}/{n}"))
+                storage._retrying("deleting", self.url, lambda n=n: self.fs.rm_file(self._remote(n)))
+
+    def gather(self) -> None:
+        """Every rank's manifest and shards in the mirror (to finalize)."""
+        names = set(self.names())
+        for n in sorted(names):
+            if n.startswith("manifest.rank-") and n.endswith(".json"):
+                self.download(n)
+        for m in mf.load_rank_manifests(self.local):
+            for s in m.shards:
+                path = os.path.join(self.local, s["name"])
+                if not (os.path.isfile(path) and os.path.getsize(path) == s["bytes"]):
+                    self.download(s["name"])
+
+    def upload_final(self) -> None:
+        """The trainer metadata (energon's ``.nv-meta``, the files layout's JSON list) and,
+        last, the merged manifest."""
+        with open(os.path.join(self.local, mf.MANIFEST), encoding="utf-8") as f:
+            trainer = json.load(f).get("trainer") or {}
+        meta = os.path.join(self.local, trainer.get("meta_dir") or ".nv-meta")
+        for d, _, files in os.walk(meta):
+            for name in files:
+                if TMP_MARK not in name:
+                    self.upload(os.path.relpath(os.path.join(d, name), self.local))
+        if trainer.get("kind") == "json":
+            self.upload(trainer["path"])
+        self.upload(mf.MANIFEST)
+
+
+def verify_url(url: str, conf: Any = None):
+    """``mmstream verify`` of a cache in a bucket: every object read back into a temporary
+    folder, then the local checks."""
+    with tempfile.TemporaryDirectory(prefix="mmstream-verify-") as tmp:
+        remote = RemoteOutput(url, tmp, conf)
+        for rel in remote.names():
+            remote.download(rel)
+        report = mf.verify(tmp)
+        report.directory = url
+        return report
