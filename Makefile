@@ -30,8 +30,8 @@ demo: setup  ## build the demo data, then stream + convert + filter + cache it a
 	$(VENV)/bin/mmstream cache $(DEMO_DIR)/demo.yaml --output $(DEMO_DIR)/cache --workers 2
 	$(VENV)/bin/mmstream verify $(DEMO_DIR)/cache
 
-test: setup
-	$(PY) -m pytest -q
+test: setup  ## two test processes (clusters, kills and /dev/shm counts run one after another: conftest.py)
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf build demo_out .pytest_cache

@@ -31,3 +31,14 @@ def text_config(tmp_path):
 
 requires_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
                                      reason="ffmpeg CLI not installed (make test installs it)")
+
+
+#: Test modules that start clusters, kill processes or count /dev/shm entries: under
+#: pytest-xdist they run one after another on one worker (``--dist loadgroup``).
+SERIAL_MODULES = {"test_lifetime", "test_ray_engine", "test_supervise", "test_storage"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SERIAL_MODULES:
+            item.add_marker(pytest.mark.xdist_group("serial"))

@@ -24,6 +24,7 @@ examples:
   mmstream cache configs/t2vid.yaml --output /data/cache --workers 8
   torchrun --nproc-per-node 4 --no-python mmstream cache cfg.yaml --output /data/cache
   mmstream cache cfg.yaml --output /data/cache --rank 1 --world-size 2; mmstream finalize /data/cache
+  mmstream cache cfg.yaml --output /data/cache --engine ray --address auto   # on a running Ray cluster
 """
 
 
@@ -45,6 +46,11 @@ def register(subparsers) -> None:
     p.add_argument("--layout", choices=["wds", "files"], default=None, help="override output.layout of the config")
     p.add_argument("--maxcount", type=int, default=None, metavar="N",
                    help="override output.maxcount (samples per shard)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="where the stages run: local DataLoader workers (default), or Ray Data tasks over decode "
+                        "groups, balanced dynamically and retried on worker loss (pip install 'mmstream[ray]')")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --engine ray: the Ray cluster to use (default: start a local Ray instance)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="delete what this rank wrote before and start it over (default: resume)")
     p.add_argument("--no-finalize", dest="finalize", action="store_false",
@@ -64,7 +70,8 @@ def run(args) -> int:
     if changes:
         config = dataclasses.replace(config, output=dataclasses.replace(config.output, **changes))
     summary = run_cache(config, args.output, workers=args.workers, rank=args.rank, world_size=args.world_size,
-                        resume=args.resume, progress=args.progress, finalize="auto" if args.finalize else False)
+                        resume=args.resume, progress=args.progress, finalize="auto" if args.finalize else False,
+                        engine=args.engine, address=args.address)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

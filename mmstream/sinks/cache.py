@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: Drop reason for a key that a source yields twice (a key must be unique).
 DUPLICATE_KEY = "duplicate_key"
+#: Where the stages run: DataLoader workers on this machine, or Ray Data tasks.
+ENGINES = ("local", "ray")
 #: DataLoader workers when none are asked for: the cores, at most this many.
 MAX_DEFAULT_WORKERS = 8
 
@@ -140,7 +142,8 @@ def _default_factory(config: Config, **kwargs):
 def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
               workers: Optional[int] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
               resume: bool = True, progress: bool = True, finalize: Union[bool, str] = "auto",
-              dataset_factory: Optional[DatasetFactory] = None) -> dict[str, Any]:
+              dataset_factory: Optional[DatasetFactory] = None, engine: str = "local",
+              address: Optional[str] = None) -> dict[str, Any]:
     """Cache the configured stream into ``output_dir``; return a summary dict.
 
     ``resume=False`` deletes what this rank wrote before and starts it over.
@@ -148,7 +151,11 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
     ``True`` always (fails if a rank is missing), ``False`` never.
     ``dataset_factory(config, emit_drops=True, rank=, world_size=, skip_keys=)`` builds
     the iterable of Sample/Drop (default: :class:`mmstream.StreamingDataset`).
+    ``engine``: ``local`` (DataLoader workers) or ``ray`` (Ray Data tasks over decode
+    groups, on the cluster at ``address`` or a local Ray instance; :mod:`.ray_engine`).
     """
+    if engine not in ENGINES:
+        raise ConfigError(f"engine: {engine!r} is not one of {ENGINES}")
     config = load_config(config)
     # group by group: a group's samples then reach the writer together (its frames are
     # encoded once and, in the files layout, written once); mixing is for training
@@ -180,8 +187,9 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
         stats = {"kept": 0, "dropped": {}, "shards": 0}
         if not manifest.complete:
             remove_quietly(os.path.join(out, mf.MANIFEST))  # the folder is changing: no longer final
+            manifest.engine = engine
             stats = _cache_loop(config, out, manifest, rank, world_size, workers, progress,
-                                dataset_factory or _default_factory, remote)
+                                dataset_factory or _default_factory, remote, engine, address)
     elapsed = time.monotonic() - started
     counts = manifest.counts()
     summary = {
@@ -214,7 +222,8 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
 
 def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, world_size: int,
                 workers: int, progress: bool, factory: DatasetFactory,
-                remote: Optional["RemoteOutput"] = None) -> dict[str, Any]:
+                remote: Optional["RemoteOutput"] = None, engine: str = "local",
+                address: Optional[str] = None) -> dict[str, Any]:
     import torch.utils.data
     from tqdm import tqdm
 
@@ -223,7 +232,15 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
     dropped: dict[str, int] = {}
     seen: set[str] = set()
     stats = {"kept": 0, "dropped": dropped, "shards": 0}
-    bar = tqdm(desc=f"cache rank {rank}/{world_size}", unit="sample", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(desc=f"cache rank {rank}/{world_size} ({engine})", unit="record", disable=not progress,
+               dynamic_ncols=True)
+    started = time.monotonic()
+
+    def show() -> None:
+        reasons = ",".join(f"{k}:{v}" for k, v in sorted(dropped.items()))
+        bar.set_postfix_str(f"kept {stats['kept']} dropped {sum(dropped.values())}"
+                            + (f" ({reasons})" if reasons else "") + f" shards {len(manifest.shards)}",
+                            refresh=False)
 
     def on_commit(info) -> None:
         if remote is not None:
@@ -233,12 +250,13 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
             remote.upload(os.path.basename(manifest.path))
         pending.clear()
         stats["shards"] += 1
-        bar.set_postfix(dropped=sum(dropped.values()), shards=len(manifest.shards), refresh=False)
+        show()
 
     def drop(d: Drop) -> None:
         pending.append(d)
         dropped[d.reason] = dropped.get(d.reason, 0) + 1
-        bar.set_postfix(dropped=sum(dropped.values()), shards=len(manifest.shards), refresh=False)
+        bar.update(1)
+        show()
 
     writer_cls = FilesWriter if config.output.layout == "files" else ShardWriter
     writer = writer_cls(out, _name_for(config, rank, world_size), maxcount=config.output.maxcount,
@@ -247,15 +265,25 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
     index = getattr(dataset, "index", None)
     if index is not None:
         stats["records_read"] = index.source_counts()
-    encoding = EncodeSamples(dataset, config.output, strict=config.strict)
-    loader = torch.utils.data.DataLoader(encoding, batch_size=None, num_workers=workers, collate_fn=_identity)
+        bar.total = max(0, index.num_positions - len(covered)) if world_size == 1 else None
+    if engine == "ray":
+        from .ray_engine import ray_items
+
+        loader = ray_items(dataset, config.output, address=address, workers=workers or None)
+    else:
+        encoding = EncodeSamples(dataset, config.output, strict=config.strict)
+        loader = torch.utils.data.DataLoader(encoding, batch_size=None, num_workers=workers, collate_fn=_identity)
+    dropped_keys: set[str] = set()
     try:
         with writer:
             for item in loader:
                 if isinstance(item, Drop):
-                    if item.key not in covered:
+                    if item.key not in covered and item.key not in dropped_keys:  # (a retried Ray task: once)
+                        dropped_keys.add(item.key)
                         drop(item)
                     continue
+                if engine == "ray" and item.key in seen:
+                    continue  # a retried Ray task yields its group again: each key is written once
                 if item.key in covered or item.key in seen:
                     if item.files and isinstance(writer, FilesWriter):
                         writer.store_files(item)  # frames other records of its group name
@@ -266,6 +294,11 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
                 writer.write(item)
                 stats["kept"] += 1
                 bar.update(1)
+                show()
+        elapsed = time.monotonic() - started
+        manifest.run = {"engine": engine, "records": stats["kept"] + sum(dropped.values()), "kept": stats["kept"],
+                        "dropped": dict(sorted(dropped.items())), "seconds": round(elapsed, 3),
+                        "samples_per_s": round(stats["kept"] / elapsed, 3) if elapsed > 0 else None}
         manifest.finish(pending)
         if remote is not None:
             remote.upload(os.path.basename(manifest.path))

@@ -126,6 +126,8 @@ class RankManifest:
     complete: bool = False
     packages: dict[str, Optional[str]] = field(default_factory=package_versions)
     created: str = field(default_factory=_now)
+    engine: str = "local"  # what ran the stages: local (DataLoader workers) or ray
+    run: dict[str, Any] = field(default_factory=dict)  # the last run's progress: records, kept, dropped, samples/s
 
     @property
     def path(self) -> str:
@@ -150,7 +152,8 @@ class RankManifest:
         return cls(directory=directory, rank=int(data["rank"]), world_size=int(data["world_size"]),
                    config=data["config"], shards=list(data.get("shards", [])),
                    tail_drops=list(data.get("tail_drops", [])), complete=bool(data.get("complete")),
-                   packages=data.get("packages", {}), created=data.get("created", ""))
+                   packages=data.get("packages", {}), created=data.get("created", ""),
+                   engine=data.get("engine", "local"), run=data.get("run", {}))
 
     def to_dict(self) -> dict[str, Any]:
         counts = self.counts()
@@ -165,6 +168,8 @@ class RankManifest:
             "config": self.config,
             "packages": self.packages,
             "counts": counts,
+            "engine": self.engine,
+            "run": self.run,
             "shards": self.shards,
             "tail_drops": self.tail_drops,
         }
@@ -313,6 +318,8 @@ def merge(directory: str, ranks: list[RankManifest]) -> dict[str, Any]:
         "world_size": world_size,
         "counts": _counts(shards, tail),
         "config_sha256": ranks[0].config_sha256,
+        "engines": {str(m.rank): m.engine for m in ranks},
+        "runs": {str(m.rank): m.run for m in ranks},
         "config": config,
         "packages": ranks[0].packages,
         "shards": shards,

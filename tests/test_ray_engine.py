@@ -1,0 +1,163 @@
+"""mmstream cache --engine ray on a local Ray instance (2 CPUs): the same output as the local
+engine, a killed Ray worker's task retried (output complete, exactly once), and a killed
+driver resumed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("ray")
+
+from mmstream.sinks import run_cache, verify  # noqa: E402
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from mmstream.demo import build_demo_data
+
+    return build_demo_data(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def reference(demo, tmp_path_factory):
+    """The local engine's cache of the demo data."""
+    out = tmp_path_factory.mktemp("local")
+    run_cache(demo, str(out), workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Eight counter clips, each its own decode group, and their local-engine cache."""
+    import yaml
+
+    from conftest import write_jsonl
+    from mmstream.synth import encode_counter_video
+
+    root = tmp_path_factory.mktemp("small")
+    recs = []
+    for i in range(8):
+        encode_counter_video(root / f"v{i}.mp4", num_frames=10, fps="5", size=(96, 72))
+        recs.append({"id": f"r{i}", "video": f"v{i}.mp4", "conversations": [
+            {"from": "human", "value": f"<video>\nQ{i}?"}, {"from": "gpt", "value": "A"}]})
+    write_jsonl(root / "a.jsonl", recs)
+    cfg = {"sources": [{"name": "s", "format": "llava", "annotations": "a.jsonl"}],
+           "sampling": {"fps": 2, "max_frames": 4, "decoder": "backends:SlowBackend"},
+           "model": {"name": "minicpmv-2.5"}, "output": {"format": "minicpmv", "layout": "files", "maxcount": 2}}
+    path = root / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = root / "ref"
+    os.environ["MMSTREAM_TEST_DECODE_SLEEP"] = "0"
+    try:
+        run_cache(str(path), str(out), workers=0, progress=False)
+    finally:
+        del os.environ["MMSTREAM_TEST_DECODE_SLEEP"]
+    return str(path), out
+
+
+def cache_contents(out):
+    """(records by key, frame bytes by path) of a files-layout cache."""
+    m = json.loads((out / "manifest.json").read_text())
+    keys = sorted(k for s in m["shards"] for k in s["keys"])
+    records = {}
+    for s in m["shards"]:
+        for rec, key in zip(json.loads((out / s["name"]).read_text()), s["keys"]):
+            records[key] = rec
+    frames = {}
+    for rec in records.values():
+        for p in (rec["image"].values() if isinstance(rec["image"], dict) else [rec["image"]]):
+            frames[p] = (out / p).read_bytes()
+    return keys, records, frames, m
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "mmstream.cli", *args], capture_output=True, text=True,
+                          env=env(), timeout=600, **kw)
+
+
+def test_ray_engine_writes_what_the_local_engine_writes(demo, reference, tmp_path):
+    local, ray_out = reference, tmp_path / "ray"
+    res = cli("cache", demo, "--output", str(ray_out), "--engine", "ray", "--workers", "2", "--no-progress", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = cache_contents(local), cache_contents(ray_out)
+    assert a[0] == b[0] and a[1] == b[1]  # the same keys, every record the same
+    assert a[2] == b[2]  # every frame file, byte for byte
+    assert a[3]["counts"] == b[3]["counts"]
+    assert b[3]["engines"] == {"0": "ray"} and a[3]["engines"] == {"0": "local"}
+    assert b[3]["runs"]["0"]["kept"] == a[3]["counts"]["kept"] and b[3]["runs"]["0"]["samples_per_s"] > 0
+    assert verify(str(ray_out)).ok
+
+
+def ray_workers():
+    """pids of Ray worker processes running our tasks."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith("ray::") and "MapBatches" in cmd:
+            out.append(int(pid))
+    return out
+
+
+def test_a_killed_ray_worker_is_retried_and_nothing_is_lost(small, tmp_path):
+    cfg, reference = small
+    out = tmp_path / "out"
+    e = dict(env(), MMSTREAM_TEST_DECODE_SLEEP="1.0")
+    proc = subprocess.Popen([sys.executable, "-m", "mmstream.cli", "cache", cfg, "--output", str(out), "--engine",
+                             "ray", "--workers", "2", "--no-progress"], env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    killed = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and killed is None and proc.poll() is None:
+        if ray_workers():
+            time.sleep(1.5)  # into a decode
+            workers = ray_workers()
+            if workers:
+                killed = workers[0]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    assert killed, "no Ray worker ran a task"
+    stdout, stderr = proc.communicate(timeout=400)
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    a, b = cache_contents(reference), cache_contents(out)
+    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]  # complete, every key once
+    assert verify(str(out)).ok
+
+
+def test_a_killed_driver_resumes(small, tmp_path):
+    cfg, reference = small
+    out = tmp_path / "out"
+    e = dict(env(), MMSTREAM_TEST_DECODE_SLEEP="1.0")
+    proc = subprocess.Popen([sys.executable, "-m", "mmstream.cli", "cache", cfg, "--output", str(out), "--engine",
+                             "ray", "--workers", "2", "--no-progress"], env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(out.glob("parts/*.json")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray instance it started
+    proc.wait()
+    assert 1 <= len(list(out.glob("parts/*.json"))) < 4
+    res = subprocess.run([sys.executable, "-m", "mmstream.cli", "cache", cfg, "--output", str(out), "--engine", "ray",
+                          "--workers", "2", "--no-progress", "--json"], capture_output=True, text=True,
+                         env=dict(env(), MMSTREAM_TEST_DECODE_SLEEP="0"), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout)
+    assert summary["resumed"] and summary["already_done"] > 0 and summary["finalized"]
+    a, b = cache_contents(reference), cache_contents(out)
+    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
+    assert verify(str(out)).ok
