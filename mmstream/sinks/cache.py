@@ -274,9 +274,12 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
         encoding = EncodeSamples(dataset, config.output, strict=config.strict)
         loader = torch.utils.data.DataLoader(encoding, batch_size=None, num_workers=workers, collate_fn=_identity)
     dropped_keys: set[str] = set()
+    first_item = None
     try:
         with writer:
             for item in loader:
+                if first_item is None:
+                    first_item = time.monotonic() - started
                 if isinstance(item, Drop):
                     if item.key not in covered and item.key not in dropped_keys:  # (a retried Ray task: once)
                         dropped_keys.add(item.key)
@@ -298,7 +301,8 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
         elapsed = time.monotonic() - started
         manifest.run = {"engine": engine, "records": stats["kept"] + sum(dropped.values()), "kept": stats["kept"],
                         "dropped": dict(sorted(dropped.items())), "seconds": round(elapsed, 3),
-                        "samples_per_s": round(stats["kept"] / elapsed, 3) if elapsed > 0 else None}
+                        "samples_per_s": round(stats["kept"] / elapsed, 3) if elapsed > 0 else None,
+                        "first_item_s": None if first_item is None else round(first_item, 3)}
         manifest.finish(pending)
         if remote is not None:
             remote.upload(os.path.basename(manifest.path))

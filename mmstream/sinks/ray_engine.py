@@ -70,7 +70,7 @@ def _run(batch: dict, payload: bytes, output: Any) -> Iterator[dict]:
             items.append(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
         if keys:
             yield {"key": np.array(keys, dtype=object), "item": np.array(items, dtype=object)}
-    ds.pipeline.close()
+    # the decode helper stays for this worker's next task (it dies with the worker)
 
 
 def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
@@ -110,10 +110,12 @@ def ray_items(dataset, output, *, address: Optional[str] = None, workers: Option
             return
         payload = pickle.dumps(dataset, protocol=pickle.HIGHEST_PROTOCOL)
         blocks = max(1, len(groups) // GROUPS_PER_TASK)
+        # as many tasks at once as there are CPUs (Ray Data's own budget keeps a share back)
+        cpus = max(1, int(workers or ray.cluster_resources().get("CPU", 1)))
         rows = (ray.data.from_items(groups, override_num_blocks=blocks)
                 .map_batches(_run, batch_size=GROUPS_PER_TASK, batch_format="numpy", zero_copy_batch=True,
                              fn_kwargs={"payload": payload, "output": output}, max_retries=MAX_RETRIES,
-                             retry_exceptions=False, num_cpus=1))
+                             retry_exceptions=False, num_cpus=1, concurrency=cpus))
         for row in rows.iter_rows():
             yield pickle.loads(row["item"])
     finally:

@@ -1,0 +1,131 @@
+"""The Ray engine against the local one (issue 12), caching on this machine.
+
+    python benchmarks/ray_bench.py build/bench --json
+
+* the epoch set: ``mmstream cache --engine ray --workers 2`` (a local Ray instance of 2
+  CPUs) against ``mmstream cache --workers 2`` (DataLoader workers);
+* a skewed set, one 30-minute video among 40 short ones: the Ray engine against the
+  static split of 2 ranks (``--rank 0/1 --world-size 2``, one worker each, run at the same
+  time; the wall time is the slower rank's).
+
+Each in turn, ``--repeat`` times, medians of wall seconds (Ray's start-up included: it is
+what a user waits for). Outputs go to a temporary folder under build/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PY = sys.executable
+
+CACHE_CFG = """\
+sources:
+  - {{name: {name}, format: llava, annotations: {ann}, media_root: {root}}}
+sampling: {{fps: 1.0, max_frames: 24, strategy: t2vid}}
+filter: {{one_video_in_first_turn: true}}
+model: {{name: minicpmv-2.5}}
+output: {{format: minicpmv, layout: wds, maxcount: 10000}}
+"""
+
+
+def timed(cmds: list[list[str]]) -> float:
+    """Wall seconds until every command (started together) has finished."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"ray_bench: failed: {' '.join(p.args)}\n{err.decode()[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def cache(cfg: str, out: str, *extra: str) -> list[str]:
+    return [PY, "-m", "mmstream.cli", "cache", cfg, "--output", out, "--no-progress", *extra]
+
+
+def skewed_set(data: str, folder: str) -> str:
+    """One 30-minute 720p video and 40 short ones (10 to 30 s, each a distinct file)."""
+    videos = os.path.join(folder, "videos")
+    os.makedirs(videos, exist_ok=True)
+    with open(os.path.join(data, "manifest.json")) as f:
+        clips = json.load(f)["clips"]
+    short = sorted(n for n, c in clips.items() if "epoch" in c["roles"] and c["seconds"] <= 30)
+    recs = []
+    for i in range(40):
+        src = os.path.join(data, "videos", short[i % len(short)])
+        dst = os.path.join(videos, f"short{i:02d}{os.path.splitext(src)[1]}")
+        if not os.path.exists(dst):
+            os.symlink(src, dst)
+        recs.append(dst)
+    long = os.path.join(data, "videos", next(n for n, c in clips.items() if "mem_30min" in c["roles"]))
+    recs.insert(17, long)
+    ann = os.path.join(folder, "skewed.jsonl")
+    with open(ann, "w") as f:
+        for i, v in enumerate(recs):
+            f.write(json.dumps({"id": f"s{i}", "video": v, "conversations": [
+                {"from": "human", "value": "<video>\nDescribe it."}, {"from": "gpt", "value": "A video."}]}) + "\n")
+    cfg = os.path.join(folder, "skewed.yaml")
+    with open(cfg, "w") as f:
+        f.write(CACHE_CFG.format(name="skewed", ann=ann, root="/"))
+    return cfg
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("data", help="the benchmark set (benchmarks/make_data.py --out DIR)")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    data = os.path.abspath(args.data)
+    os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
+    work = tempfile.mkdtemp(prefix="ray-bench-", dir=os.path.join(ROOT, "build"))
+    try:
+        epoch_cfg = os.path.join(work, "epoch_cache.yaml")
+        with open(epoch_cfg, "w") as f:
+            f.write(CACHE_CFG.format(name="epoch", ann=os.path.join(data, "annotations", "epoch.jsonl"), root=data))
+        skew_cfg = skewed_set(data, work)
+        jobs = {
+            "epoch_local": lambda o: [cache(epoch_cfg, o, "--workers", "2")],
+            "epoch_ray": lambda o: [cache(epoch_cfg, o, "--engine", "ray", "--workers", "2")],
+            "skew_ranks": lambda o: [cache(skew_cfg, o, "--rank", str(r), "--world-size", "2", "--workers", "1")
+                                     for r in (0, 1)],
+            "skew_ray": lambda o: [cache(skew_cfg, o, "--engine", "ray", "--workers", "2")],
+        }
+        runs: dict[str, list[float]] = {k: [] for k in jobs}
+        first: dict[str, list[float]] = {k: [] for k in jobs}  # start-up: until the first sample reached the writer
+        for i in range(args.repeat):
+            for name, make in jobs.items():
+                out = os.path.join(work, f"{name}-{i}")
+                runs[name].append(round(timed(make(out)), 2))
+                with open(os.path.join(out, "manifest.json")) as f:
+                    first[name].append(max(r.get("first_item_s") or 0 for r in json.load(f)["runs"].values()))
+                print(f"{name}: {runs[name][-1]} s (first item after {first[name][-1]} s)", file=sys.stderr)
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    out = {"repeat": args.repeat, "runs_s": runs, "median_s": med,
+           "first_item_s": {k: statistics.median(v) for k, v in first.items()},
+           "epoch_ratio": round(med["epoch_local"] / med["epoch_ray"], 3),  # Ray throughput / local throughput
+           "skew_speedup": round(med["skew_ranks"] / med["skew_ray"], 3),
+           "command": "python benchmarks/ray_bench.py build/bench --json"}
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print(f"epoch set: Ray {med['epoch_ray']} s vs --workers 2 {med['epoch_local']} s = {out['epoch_ratio']}x "
+              f"throughput; skewed set: Ray {med['skew_ray']} s vs 2 static ranks {med['skew_ranks']} s = "
+              f"{out['skew_speedup']}x faster")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
