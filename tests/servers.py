@@ -22,24 +22,26 @@ class RangeHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
-    def _special(self) -> bool:
+    def _file(self):
+        """The file this request names, or None once a stall, an error or a 404 was answered."""
         if self.path.startswith("/stall/"):
             time.sleep(STALL_S)
-            return True
+            return None
         if self.path.startswith("/error/"):
             self.send_response(500)
             self.send_header("Content-Length", "0")
             self.end_headers()
-            return True
-        return False
-
-    def do_HEAD(self):
-        RangeHandler.requests_seen.append(("HEAD", self.path, None))
-        if self._special():
-            return
+            return None
         path = self.translate_path(self.path)
         if not os.path.isfile(path):
             self.send_error(404)
+            return None
+        return path
+
+    def do_HEAD(self):
+        RangeHandler.requests_seen.append(("HEAD", self.path, None))
+        path = self._file()
+        if path is None:
             return
         self.send_response(200)
         self.send_header("Content-Length", str(os.path.getsize(path)))
@@ -47,11 +49,8 @@ class RangeHandler(SimpleHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self):
-        if self._special():
-            return
-        path = self.translate_path(self.path)
-        if not os.path.isfile(path):
-            self.send_error(404)
+        path = self._file()
+        if path is None:
             return
         size = os.path.getsize(path)
         m = re.match(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))

@@ -121,13 +121,24 @@ def ray_workers():
     return out
 
 
+def slow_ray_cache(cfg, out, **popen):
+    """``mmstream cache --engine ray`` in the background, one second per decode."""
+    return subprocess.Popen([sys.executable, "-m", "mmstream.cli", "cache", cfg, "--output", str(out), "--engine",
+                             "ray", "--workers", "2", "--no-progress"],
+                            env=dict(env(), MMSTREAM_TEST_DECODE_SLEEP="1.0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def assert_same_cache(reference, out):
+    """The same keys (each once), records and frame bytes as the reference cache."""
+    a, b = cache_contents(reference), cache_contents(out)
+    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
+
+
 def test_a_killed_ray_worker_is_retried_and_nothing_is_lost(small, tmp_path):
     cfg, reference = small
     out = tmp_path / "out"
-    e = dict(env(), MMSTREAM_TEST_DECODE_SLEEP="1.0")
-    proc = subprocess.Popen([sys.executable, "-m", "mmstream.cli", "cache", cfg, "--output", str(out), "--engine",
-                             "ray", "--workers", "2", "--no-progress"], env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = slow_ray_cache(cfg, out)
     killed = None
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and killed is None and proc.poll() is None:
@@ -141,18 +152,14 @@ def test_a_killed_ray_worker_is_retried_and_nothing_is_lost(small, tmp_path):
     assert killed, "no Ray worker ran a task"
     stdout, stderr = proc.communicate(timeout=400)
     assert proc.returncode == 0, stderr.decode()[-3000:]
-    a, b = cache_contents(reference), cache_contents(out)
-    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]  # complete, every key once
+    assert_same_cache(reference, out)  # complete, every key once
     assert verify(str(out)).ok
 
 
 def test_a_killed_driver_resumes(small, tmp_path):
     cfg, reference = small
     out = tmp_path / "out"
-    e = dict(env(), MMSTREAM_TEST_DECODE_SLEEP="1.0")
-    proc = subprocess.Popen([sys.executable, "-m", "mmstream.cli", "cache", cfg, "--output", str(out), "--engine",
-                             "ray", "--workers", "2", "--no-progress"], env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = slow_ray_cache(cfg, out, start_new_session=True)
     deadline = time.monotonic() + 180
     # a shard counts once the rank manifest lists it (its part file is written just before)
     while time.monotonic() < deadline and not listed_shards(out):
@@ -167,6 +174,5 @@ def test_a_killed_driver_resumes(small, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout)
     assert summary["resumed"] and summary["already_done"] > 0 and summary["finalized"]
-    a, b = cache_contents(reference), cache_contents(out)
-    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
+    assert_same_cache(reference, out)
     assert verify(str(out)).ok

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write shards and manifests into")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="DataLoader worker processes that decode and encode (default: the cores, at most 8; "
-                        "0 decodes in this process)")
+                        "0 decodes in this process); with --engine ray, tasks at once (default: the cluster's CPUs)")
     p.add_argument("--rank", type=int, default=None, metavar="R",
                    help="this process's rank (default: RANK, else SLURM_PROCID, else 0)")
     p.add_argument("--world-size", type=int, default=None, metavar="W",

@@ -164,7 +164,9 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
     check_output(config.output)
     check_model(config)
     rank, world_size = resolve_rank(rank, world_size, config)
-    workers = default_workers() if workers is None else int(workers)
+    if workers is None:  # Ray: as many tasks at once as the cluster has CPUs
+        workers = 0 if engine == "ray" else default_workers()
+    workers = int(workers)
     if workers < 0:
         raise ConfigError("workers must be >= 0")
     remote = None

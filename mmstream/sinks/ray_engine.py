@@ -8,8 +8,9 @@ puts it in Ray's object store once. Ray Data runs one task per block of decode g
 (``GROUPS_PER_TASK``): each task reads its records, plans, applies the budget, decodes
 each group once and encodes the samples (JPEG) in the Ray worker, and yields them; the
 driver writes the shards and the manifest with the same writers as the local engine, so
-shards are atomic and a rerun resumes from the completed ones. Ray hands the next task to
-whichever worker is free (a 30-minute video does not hold a fixed share back), retries a
+shards are atomic and a rerun resumes from the completed ones. Groups go out costliest
+first, and Ray hands the next task to whichever worker is free (a 30-minute video does not
+hold a fixed share back, and does not start last), retries a
 task whose worker died (``max_retries``), and starts a local Ray instance when no
 ``--address`` is given. A retried task yields its group's samples again; the driver keeps
 each key once.
@@ -97,6 +98,7 @@ def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
 
 def ray_items(dataset, output, *, address: Optional[str] = None, workers: Optional[int] = None) -> Iterator[Any]:
     """Encoded samples and Drops of ``dataset`` (a StreamingDataset), computed by Ray Data."""
+    import numpy as np
     import ray
     import ray.data
 
@@ -105,7 +107,10 @@ def ray_items(dataset, output, *, address: Optional[str] = None, workers: Option
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.verbose_progress = False
-        groups = [{"group": int(g)} for g in dataset.epoch_groups(0)]
+        # the costliest groups first (longest processing time first): what starts last is short
+        order = dataset.epoch_groups(0)
+        order = order[np.argsort(-dataset.index.group_cost[order], kind="stable")]
+        groups = [{"group": int(g)} for g in order]
         if not groups:
             return
         payload = pickle.dumps(dataset, protocol=pickle.HIGHEST_PROTOCOL)
