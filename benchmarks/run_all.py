@@ -793,7 +793,9 @@ def main(argv=None) -> int:
         res["background"][name] = load.result()
         dates[name] = res["machine"]["date"]
         log(f"{name}: other processes used {100 * res['background'][name]['other_share']:.0f}% of the CPU")
-    res["section_dates"] = dates if len(set(dates.values())) > 1 else {}
+        res["section_dates"] = dates if len(set(dates.values())) > 1 else {}
+        with open(os.path.join(out, "results.json"), "w") as f:  # a later failure keeps what was measured
+            json.dump(res, f, indent=1)
     res["total_s"] = round(time.time() - t0, 1)
     render(res, out, readme)
     log(f"done in {res['total_s']} s: {rel(os.path.join(out, 'results.md'))}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -92,7 +93,8 @@ def s3_server():
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
+    with contextlib.redirect_stdout(sys.stderr):  # its start-up line is no part of a caller's output
+        server.start()
     try:
         host, port = server.get_host_and_port()
         yield f"http://{host}:{port}"
