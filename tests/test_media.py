@@ -313,3 +313,19 @@ def test_index_probe_equals_the_full_demux(clips, tmp_path):
         a, b = probe_video(str(path), from_index=True), probe_video(str(path), from_index=False)
         assert (a.pts, a.keyframes, a.time_base, a.width, a.height, a.rotation) == \
                (b.pts, b.keyframes, b.time_base, b.width, b.height, b.rotation), path
+
+
+def test_decoder_threads_follow_the_cores_an_engine_granted():
+    """A Ray task (1 CPU) decodes with 1 thread, not the node's cores; explicit threads win."""
+    from mmstream.media.backends import available_cores, grant_cores, resolve_threads
+
+    try:
+        assert resolve_threads(0) == available_cores()  # main process: all its cores
+        grant_cores(1)
+        assert resolve_threads(0) == 1
+        assert resolve_threads(3) == 3
+        grant_cores(0)
+        assert resolve_threads(0) == 1  # at least one
+    finally:
+        grant_cores(None)
+    assert resolve_threads(0) == available_cores()

@@ -61,6 +61,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.engine == "ray":  # Ray starts in the background while torch and the index load
+        from ..sinks.ray_engine import RaySession
+
+        with RaySession(args.address, args.workers or None) as session:
+            return _run(args, session)
+    return _run(args, None)
+
+
+def _run(args, session) -> int:
     from ..config import load_config
     from ..sinks.cache import run_cache
 
@@ -71,7 +80,7 @@ def run(args) -> int:
         config = dataclasses.replace(config, output=dataclasses.replace(config.output, **changes))
     summary = run_cache(config, args.output, workers=args.workers, rank=args.rank, world_size=args.world_size,
                         resume=args.resume, progress=args.progress, finalize="auto" if args.finalize else False,
-                        engine=args.engine, address=args.address)
+                        engine=args.engine, address=args.address, ray_session=session)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

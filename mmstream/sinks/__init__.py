@@ -7,10 +7,19 @@ megatron shards.
 """
 from .atomic import WriteError
 from ..dist import resolve_rank
-from .cache import run_cache
 from .formats import Encoded, encoder_for
 from .manifest import VerifyReport, finalize, verify
 from .shards import FilesWriter, ShardInfo, ShardWriter
+
+
+
+def __getattr__(name):  # keep `import mmstream.sinks` light: torch loads with run_cache
+    if name == "run_cache":
+        from .cache import run_cache
+
+        return run_cache
+    raise AttributeError(name)
+
 
 __all__ = ["run_cache", "resolve_rank", "finalize", "verify", "VerifyReport", "ShardWriter", "FilesWriter",
            "ShardInfo", "Encoded", "encoder_for", "WriteError"]

@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from torch.utils.data import IterableDataset
 
@@ -44,6 +44,9 @@ from .atomic import TMP_MARK, is_tmp_name, remove_quietly
 from .formats import IMAGES_DIR, check_output, encoder_for
 from .remote import RemoteOutput, staging_dir
 from .shards import PARTS_DIR, FilesWriter, ShardWriter, parse_shard_name, record_image_paths, shard_name
+
+if TYPE_CHECKING:
+    from .ray_engine import RaySession
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,7 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
               workers: Optional[int] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
               resume: bool = True, progress: bool = True, finalize: Union[bool, str] = "auto",
               dataset_factory: Optional[DatasetFactory] = None, engine: str = "local",
-              address: Optional[str] = None) -> dict[str, Any]:
+              address: Optional[str] = None, ray_session: Optional["RaySession"] = None) -> dict[str, Any]:
     """Cache the configured stream into ``output_dir``; return a summary dict.
 
     ``resume=False`` deletes what this rank wrote before and starts it over.
@@ -152,10 +155,28 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
     ``dataset_factory(config, emit_drops=True, rank=, world_size=, skip_keys=)`` builds
     the iterable of Sample/Drop (default: :class:`mmstream.StreamingDataset`).
     ``engine``: ``local`` (DataLoader workers) or ``ray`` (Ray Data tasks over decode
-    groups, on the cluster at ``address`` or a local Ray instance; :mod:`.ray_engine`).
+    groups, on the cluster at ``address`` or a local Ray instance; :mod:`.ray_engine`),
+    on ``ray_session`` when one was started already (else one is started here, at once, so
+    that Ray comes up while the index is built).
     """
     if engine not in ENGINES:
         raise ConfigError(f"engine: {engine!r} is not one of {ENGINES}")
+    own = None
+    if engine == "ray" and ray_session is None:
+        from .ray_engine import RaySession
+
+        own = ray_session = RaySession(address, workers or None)
+    try:
+        return _run_cache(config, output_dir, workers, rank, world_size, resume, progress, finalize,
+                          dataset_factory, engine, ray_session)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _run_cache(config, output_dir: str, workers: Optional[int], rank: Optional[int], world_size: Optional[int],
+               resume: bool, progress: bool, finalize: Union[bool, str], dataset_factory: Optional[DatasetFactory],
+               engine: str, ray_session: Optional["RaySession"]) -> dict[str, Any]:
     config = load_config(config)
     # group by group: a group's samples then reach the writer together (its frames are
     # encoded once and, in the files layout, written once); mixing is for training
@@ -191,7 +212,7 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
             remove_quietly(os.path.join(out, mf.MANIFEST))  # the folder is changing: no longer final
             manifest.engine = engine
             stats = _cache_loop(config, out, manifest, rank, world_size, workers, progress,
-                                dataset_factory or _default_factory, remote, engine, address)
+                                dataset_factory or _default_factory, remote, engine, ray_session)
     elapsed = time.monotonic() - started
     counts = manifest.counts()
     summary = {
@@ -225,7 +246,7 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
 def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, world_size: int,
                 workers: int, progress: bool, factory: DatasetFactory,
                 remote: Optional["RemoteOutput"] = None, engine: str = "local",
-                address: Optional[str] = None) -> dict[str, Any]:
+                ray_session: Optional["RaySession"] = None) -> dict[str, Any]:
     import torch.utils.data
     from tqdm import tqdm
 
@@ -271,7 +292,8 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
     if engine == "ray":
         from .ray_engine import ray_items
 
-        loader = ray_items(dataset, config.output, address=address, workers=workers or None)
+        assert ray_session is not None
+        loader = ray_items(dataset, config.output, ray_session)
     else:
         encoding = EncodeSamples(dataset, config.output, strict=config.strict)
         loader = torch.utils.data.DataLoader(encoding, batch_size=None, num_workers=workers, collate_fn=_identity)

@@ -1,10 +1,13 @@
 """``mmstream cache --engine ray``: the same stages, scheduled by Ray Data over decode groups.
 
-    for item in ray_items(dataset, output_cfg, address=None, workers=None):
-        ...   # Encoded samples and Drops, as the DataLoader would have given them
+    with RaySession(address=None, workers=None) as session:   # Ray starts in the background
+        dataset = StreamingDataset(config, emit_drops=True)
+        for item in ray_items(dataset, output_cfg, session):
+            ...   # Encoded samples and Drops, as the DataLoader would have given them
 
-The driver builds the StreamingDataset (the index, the skip keys of a resumed run) and
-puts it in Ray's object store once. Ray Data runs one task per block of decode groups
+Ray starts (a local instance, or a connection to ``address``) while the driver builds
+the StreamingDataset (the index, the skip keys of a resumed run), which then goes to
+the tasks pickled once. Ray Data runs one task per block of decode groups
 (``GROUPS_PER_TASK``): each task reads its records, plans, applies the budget, decodes
 each group once and encodes the samples (JPEG) in the Ray worker, and yields them; the
 driver writes the shards and the manifest with the same writers as the local engine, so
@@ -20,6 +23,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import threading
+import time
+import warnings
 from typing import Any, Iterator, Optional
 
 log = logging.getLogger(__name__)
@@ -45,11 +51,15 @@ def _dataset(payload: bytes):
 def _run(batch: dict, payload: bytes, output: Any) -> Iterator[dict]:
     """One task: every group of ``batch``, each decoded once; a batch of pickled items per group."""
     import numpy as np
+    import ray
 
     from ..errors import SampleError
+    from ..media.backends import grant_cores
     from ..types import Drop, Sample
     from .formats import SampleEncoder
 
+    # decode with this task's CPUs, not the node's (2 tasks x all cores oversubscribed it)
+    grant_cores(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
     ds = _dataset(payload)
     encode = SampleEncoder(output)
     for g in batch["group"]:
@@ -96,36 +106,124 @@ def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
     return {"address": "local", "started": True}
 
 
-def ray_items(dataset, output, *, address: Optional[str] = None, workers: Optional[int] = None) -> Iterator[Any]:
-    """Encoded samples and Drops of ``dataset`` (a StreamingDataset), computed by Ray Data."""
+#: What a Ray worker imports before its first task can run (Ray Data's task code, the
+#: dataset's modules: torch, transformers); a warm-up task per CPU imports them while the
+#: driver still builds the index.
+WARM_MODULES = ("ray.data", "pyarrow", "transformers", "mmstream.dataset", "mmstream.sinks.formats",
+                "mmstream.sinks.ray_engine")
+
+
+def _warm_worker() -> int:
+    import importlib
+
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    return os.getpid()
+
+
+class RaySession:
+    """Ray, started in a background thread as soon as a run knows it will use it:
+
+        session = RaySession(address, workers)   # returns at once
+        ...                                      # the driver imports, builds the index
+        ray_items(dataset, output, session)      # waits for Ray, then runs the tasks
+        session.close()                          # shuts down a local instance it started
+
+    Starting a local instance takes seconds (its processes; then each worker imports
+    torch, transformers and Ray Data before its first task), which would otherwise add to
+    every run's wall time; here it overlaps with the driver's own start-up, and a warm-up
+    task per CPU has the workers import what the tasks need (Ray reuses those workers)."""
+
+    def __init__(self, address: Optional[str] = None, workers: Optional[int] = None):
+        self.address, self.workers = address, workers
+        self.info: Optional[dict] = None
+        self.started_s: Optional[float] = None  # seconds until Ray was up
+        self._error: Optional[BaseException] = None
+        self._warm: list = []
+        self._t0 = time.monotonic()
+        self._ready, self._closing = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._start, name="mmstream-ray-start", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        # this thread stays until close(): Ray's local processes are started with a
+        # parent-death signal, which the kernel sends when the *thread* that started them ends
+        try:
+            self.info = start(self.address, self.workers)
+            self.started_s = round(time.monotonic() - self._t0, 3)
+            import ray
+
+            warm = ray.remote(num_cpus=1, max_retries=0)(_warm_worker)
+            self._warm = [warm.remote() for _ in range(self.cpus())]
+            import ray.data  # noqa: F401  (seconds of imports, here rather than when the run waits)
+        except BaseException as exc:  # raised where the run waits for Ray
+            self._error = exc
+        finally:
+            self._ready.set()
+        self._closing.wait()
+        if self.info is not None and self.info["started"]:
+            import ray
+
+            ray.shutdown()
+
+    def cpus(self) -> int:
+        """Tasks at once: ``workers``, else the cluster's CPUs."""
+        import ray
+
+        return max(1, int(self.workers or ray.cluster_resources().get("CPU", 1)))
+
+    def wait(self) -> dict:
+        """Block until Ray is up; what was started (or the error starting it)."""
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        assert self.info is not None
+        return self.info
+
+    def close(self) -> None:
+        """Shut down the local instance this session started (a cluster's stays up)."""
+        self._closing.set()
+        self._thread.join()
+
+    def __enter__(self) -> "RaySession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def ray_items(dataset, output, session: RaySession) -> Iterator[Any]:
+    """Encoded samples and Drops of ``dataset`` (a StreamingDataset), computed by Ray Data
+    on ``session``'s cluster."""
     import numpy as np
     import ray
     import ray.data
 
-    started = start(address, workers)
-    try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.verbose_progress = False
-        # the costliest groups first (longest processing time first): what starts last is short
-        order = dataset.epoch_groups(0)
-        order = order[np.argsort(-dataset.index.group_cost[order], kind="stable")]
-        groups = [{"group": int(g)} for g in order]
-        if not groups:
-            return
-        payload = pickle.dumps(dataset, protocol=pickle.HIGHEST_PROTOCOL)
-        blocks = max(1, len(groups) // GROUPS_PER_TASK)
-        # as many tasks at once as there are CPUs (Ray Data's own budget keeps a share back)
-        cpus = max(1, int(workers or ray.cluster_resources().get("CPU", 1)))
+    session.wait()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_progress = False
+    # the costliest groups first (longest processing time first): what starts last is short
+    order = dataset.epoch_groups(0)
+    order = order[np.argsort(-dataset.index.group_cost[order], kind="stable")]
+    groups = [{"group": int(g)} for g in order]
+    if not groups:
+        return
+    payload = pickle.dumps(dataset, protocol=pickle.HIGHEST_PROTOCOL)
+    blocks = max(1, len(groups) // GROUPS_PER_TASK)
+    with warnings.catch_warnings():
+        # Ray Data has no named parameter for task retries yet; they go as remote args
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         rows = (ray.data.from_items(groups, override_num_blocks=blocks)
                 .map_batches(_run, batch_size=GROUPS_PER_TASK, batch_format="numpy", zero_copy_batch=True,
-                             fn_kwargs={"payload": payload, "output": output}, max_retries=MAX_RETRIES,
-                             retry_exceptions=False, num_cpus=1, concurrency=cpus))
-        for row in rows.iter_rows():
-            yield pickle.loads(row["item"])
-    finally:
-        if started["started"]:
-            ray.shutdown()
+                             fn_kwargs={"payload": payload, "output": output}, num_cpus=1,
+                             compute=ray.data.TaskPoolStrategy(size=session.cpus()),
+                             max_retries=MAX_RETRIES, retry_exceptions=False))
+    # no prefetch: a block is handed over as soon as its task finishes (with the default one
+    # block ahead, each group's samples waited for the next group's)
+    for batch in rows.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        for item in batch["item"]:
+            yield pickle.loads(item)
 
 
-__all__ = ["ray_items", "start", "GROUPS_PER_TASK", "MAX_RETRIES"]
+__all__ = ["ray_items", "start", "RaySession", "GROUPS_PER_TASK", "MAX_RETRIES"]

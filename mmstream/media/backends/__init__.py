@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from functools import lru_cache
+from typing import Optional
 
 from ...errors import ConfigError
 from .base import Backend
@@ -25,13 +26,27 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: Cores granted to this process by an engine that schedules it (a Ray task's CPUs);
+#: None: share the cores among DataLoader workers (see :func:`resolve_threads`).
+_GRANTED_CORES: Optional[int] = None
+
+
+def grant_cores(n: Optional[int]) -> None:
+    """Tell the decoders of this process (and the helpers it forks later) how many cores
+    its scheduler gave it, e.g. a Ray task's ``num_cpus``; None undoes it."""
+    global _GRANTED_CORES
+    _GRANTED_CORES = None if n is None else max(1, int(n))
+
+
 def resolve_threads(requested: int) -> int:
     """Decoder threads for one video in this process. ``requested`` > 0 is taken as is;
-    0 (auto) shares the cores among the DataLoader workers: cores // workers, at least 1,
-    so that workers x threads never oversubscribes the machine (in the main process,
-    all cores)."""
+    0 (auto) is the cores granted by :func:`grant_cores` where an engine set them, else
+    shares the cores among the DataLoader workers: cores // workers, at least 1, so that
+    workers x threads never oversubscribes the machine (in the main process, all cores)."""
     if requested > 0:
         return requested
+    if _GRANTED_CORES is not None:
+        return _GRANTED_CORES
     workers = 1
     data = sys.modules.get("torch.utils.data")  # a DataLoader worker has imported it
     if data is not None:
