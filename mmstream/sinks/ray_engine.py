@@ -84,6 +84,11 @@ def _run(batch: dict, payload: bytes, output: Any) -> Iterator[dict]:
     # the decode helper stays for this worker's next task (it dies with the worker)
 
 
+class _NoSigtermNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
 def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
     """Connect to the Ray cluster at ``address``, or start a local instance with
     ``workers`` CPUs (default: all); returns what was started."""
@@ -93,17 +98,23 @@ def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
         from ..errors import ConfigError
 
         raise ConfigError("--engine ray needs Ray: pip install 'mmstream[ray]'") from None
-    for name in ("ray", "ray.data"):  # its own INFO lines would break the progress bar
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if ray.is_initialized():
-        return {"address": "already initialised", "started": False}
+    # started from RaySession's thread: the driver keeps Python's own SIGTERM behaviour
+    logging.getLogger("ray._private.worker").addFilter(_NoSigtermNotice())
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "logging_level": logging.WARNING}
-    if address:
+    if ray.is_initialized():
+        info = {"address": "already initialised", "started": False}
+    elif address:
         ray.init(address=address, **kwargs)
-        return {"address": address, "started": False}
-    ray.init(num_cpus=workers or os.cpu_count(), **kwargs)
-    return {"address": "local", "started": True}
+        info = {"address": address, "started": False}
+    else:
+        ray.init(num_cpus=workers or os.cpu_count(), **kwargs)
+        info = {"address": "local", "started": True}
+    import ray.data  # noqa: F401  (seconds of imports; it sets up its loggers, so quieten them after)
+
+    for name in ("ray", "ray.data"):  # their INFO lines would break the progress bar
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return info
 
 
 #: What a Ray worker imports before its first task can run (Ray Data's task code, the
@@ -155,7 +166,6 @@ class RaySession:
 
             warm = ray.remote(num_cpus=1, max_retries=0)(_warm_worker)
             self._warm = [warm.remote() for _ in range(self.cpus())]
-            import ray.data  # noqa: F401  (seconds of imports, here rather than when the run waits)
         except BaseException as exc:  # raised where the run waits for Ray
             self._error = exc
         finally:
