@@ -6,8 +6,8 @@ Starts moto's S3 server in this process, uploads the benchmark set's videos and 
 annotations to a bucket, writes an s3:// copy of ``epoch.yaml`` and runs ``mmstream bench``
 on both, in turn (``--repeat`` times, medians); then reads a 5-minute clip with T2Vid's
 sparse sampling (24 frames) from the bucket and reports the bytes fetched against the
-object's size: the long-GOP clip (a key frame every 10 s) at three block sizes, and a
-short-GOP one (every 1.2 s) at the default.
+object's size: the long-GOP clip (a key frame every 10 s) at the default read-ahead and
+at fixed block sizes, and a short-GOP one (every 1.2 s) at the default and 0.25 MB fixed.
 """
 from __future__ import annotations
 
@@ -71,8 +71,9 @@ def main(argv=None) -> int:
             f.write(CONFIG.format(name="epoch", ann=f"s3://{BUCKET}/annotations/epoch.jsonl", root=f"s3://{BUCKET}",
                                   endpoint=endpoint))
 
-        def sparse_run(video: str, mb: float) -> dict:
-            """``mmstream bench`` on one record of ``video`` from the bucket, ``mb`` blocks."""
+        def sparse_run(video: str, mb: float, max_mb: float) -> dict:
+            """``mmstream bench`` on one record of ``video`` from the bucket: ``mb`` blocks,
+            sequential runs growing to ``max_mb`` per request."""
             ann = os.path.join(data, "annotations", "sparse_one.jsonl")
             with open(ann, "w") as f:
                 f.write(json.dumps({"id": "sparse", "video": video, "conversations": [
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
             with open(cfg, "w") as f:
                 f.write(CONFIG.format(name="sparse", ann=f"s3://{BUCKET}/annotations/sparse_one.jsonl",
                                       root=f"s3://{BUCKET}", endpoint=endpoint)
-                        .replace("strategy: t2vid}", f"strategy: t2vid, storage: {{read_ahead_mb: {mb}}}}}"))
+                        .replace("strategy: t2vid}", f"strategy: t2vid, storage: {{read_ahead_mb: {mb}, "
+                                                                 f"read_ahead_max_mb: {max_mb}}}}}"))
             r = bench(cfg, 0)
             r["fraction"] = round(r["bytes_read"] / os.path.getsize(os.path.join(data, video)), 3)
             return r
@@ -91,21 +93,27 @@ def main(argv=None) -> int:
         for _ in range(args.repeat):
             runs["local"].append(bench(os.path.join(data, "epoch.yaml"), args.workers))
             runs["s3"].append(bench(remote_cfg, args.workers))
-        # range-request (block) size: fewer requests vs fewer bytes
-        sparse = {mb: sparse_run(LONG_GOP, mb) for mb in (1.0, 0.25, 0.0625)}
-        short = sparse_run(SHORT_GOP, 0.25)
+        # read-ahead: fewer requests vs fewer bytes (the default first: 0.25 MB blocks, runs up to 4 MB)
+        variants = {"0.25 MB blocks, runs up to 4 MB (default)": (0.25, 4.0), "0.25 MB fixed": (0.25, 0.25),
+                    "0.0625 MB fixed": (0.0625, 0.0625), "1 MB fixed": (1.0, 1.0)}
+        sparse = {name: sparse_run(LONG_GOP, *v) for name, v in variants.items()}
+        default = next(iter(sparse))
+        short = {name: sparse_run(SHORT_GOP, *variants[name]) for name in list(variants)[:2]}
     med = {k: statistics.median(r["samples_per_s"] for r in rs) for k, rs in runs.items()}
     out = {"workers": args.workers, "repeat": args.repeat,
            "local_samples_per_s": med["local"], "s3_samples_per_s": med["s3"],
            "ratio": round(med["s3"] / med["local"], 3),
            "s3_bytes_read": statistics.median(r["bytes_read"] for r in runs["s3"]),
            "local_runs_s": [r["wall_s"] for r in runs["local"]], "s3_runs_s": [r["wall_s"] for r in runs["s3"]],
-           "sparse_clip": os.path.basename(LONG_GOP), "sparse_frames": sparse[0.25]["frames"],
+           "sparse_clip": os.path.basename(LONG_GOP), "sparse_frames": sparse[default]["frames"],
            "sparse_object_bytes": os.path.getsize(os.path.join(data, LONG_GOP)),
-           "sparse_fraction": sparse[0.25]["fraction"],  # the default block size
-           "sparse_by_block_mb": {str(mb): {"fraction": r["fraction"], "wall_s": r["wall_s"]}
-                                  for mb, r in sparse.items()},
-           "sparse_short_gop_clip": os.path.basename(SHORT_GOP), "sparse_short_gop_fraction": short["fraction"],
+           "sparse_fraction": sparse[default]["fraction"],  # the default read-ahead
+           "sparse_by_read_ahead": {name: {"fraction": r["fraction"], "wall_s": r["wall_s"]}
+                                    for name, r in sparse.items()},
+           "sparse_short_gop_clip": os.path.basename(SHORT_GOP),
+           "sparse_short_gop_fraction": short[default]["fraction"],
+           "sparse_short_gop_by_read_ahead": {name: {"fraction": r["fraction"], "wall_s": r["wall_s"]}
+                                              for name, r in short.items()},
            "command": "python benchmarks/storage_bench.py build/bench --json"}
     if args.json:
         print(json.dumps(out, indent=1))

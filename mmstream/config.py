@@ -70,6 +70,7 @@ class StorageConfig:
     timeout_s: float = knob(30.0, gt=0)  # per request (connect, read)
     retries: int = knob(3, min=0)  # per request, with exponential backoff; then read_error
     read_ahead_mb: float = knob(0.25, gt=0)  # range-request (block) size: larger, fewer requests; smaller, fewer bytes
+    read_ahead_max_mb: float = knob(4.0, gt=0)  # reads running on sequentially double each request up to this; = read_ahead_mb: fixed blocks, fewest bytes
     cache_dir: Optional[str] = None  # copy remote media here on first use (a second epoch reads locally)
     cache_max_gb: Optional[float] = knob(50.0, gt=0)  # bound of cache_dir, least recently used first
 

@@ -7,7 +7,8 @@ read through fsspec with range requests, a read-ahead, timeouts and bounded retr
     redact(text)                                  # credentials out of a URL or a message
 
 Local paths go through unchanged. A remote object is read with range requests of
-``read_ahead_mb`` blocks (fsspec's block cache, the last 64 blocks kept), and an MP4's
+``read_ahead_mb`` blocks, the last 64 kept; while reads run on sequentially each request
+doubles, up to ``read_ahead_max_mb`` (:func:`_run_cache_class`), and an MP4's
 timestamps come from its index (:mod:`mmstream.media.mp4index`): sparse sampling reads a
 fraction of a long video. Each request has the filesystem's own timeout (``timeout_s``) and is retried
 ``retries`` times with exponential backoff; an object that does not exist is
@@ -27,6 +28,7 @@ import os
 import posixpath
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -100,6 +102,7 @@ class _Settings:
     timeout_s: float = 30.0
     retries: int = 3
     read_ahead_mb: float = 0.25
+    read_ahead_max_mb: float = 4.0
     cache_dir: Optional[str] = None
     cache_max_gb: Optional[float] = 50.0
 
@@ -112,7 +115,7 @@ def settings(cfg: Any) -> _Settings:
     if cfg is None:
         return _Settings()
     return _Settings(dict(cfg.options or {}), float(cfg.timeout_s), int(cfg.retries), float(cfg.read_ahead_mb),
-                     cfg.cache_dir, cfg.cache_max_gb)
+                     float(cfg.read_ahead_max_mb), cfg.cache_dir, cfg.cache_max_gb)
 
 
 @contextlib.contextmanager
@@ -222,7 +225,10 @@ def kind_of(url: str) -> Optional[str]:
     got = _retrying("looking up", url, info)
     if got is None:
         return None
-    return "dir" if got.get("type") == "directory" else "file"
+    if got.get("type") == "directory":
+        return "dir"
+    _remember(url, got)
+    return "file"
 
 
 def list_dir(url: str) -> list[str]:
@@ -243,13 +249,104 @@ class _Counted:
     def __call__(self, start, end):
         data = _retrying("reading", self.url, lambda: self.fetch(start, end))
         timing.count("bytes_read", len(data))
+        timing.count("range_requests")
         return data
+
+
+#: Blocks one request may fetch when reads run on sequentially, unless the config says
+#: otherwise (``read_ahead_max_mb`` / ``read_ahead_mb``).
+MAX_RUN_BLOCKS = 16
+#: Blocks kept per open object (least recently used out).
+KEEP_BLOCKS = 64
+
+
+def _run_cache_class():
+    """fsspec's cache protocol, registered once: see :class:`RunCache` below."""
+    from fsspec.caching import BaseCache, caches, register_cache
+
+    class RunCache(BaseCache):
+        """Fixed blocks (``blocksize``) in an LRU, fetched in runs that grow while reads are
+        sequential: a miss on the block right after the last one fetched doubles the next
+        request (1, 2, 4 ... ``max_run`` blocks); any other miss (a seek) fetches one block.
+        A decoder reading a GOP front to back costs few requests (each one costs CPU on
+        both ends), and a sparse sampler seeking from key frame to key frame reads little
+        more than the blocks it touches."""
+
+        name = "mmstream-runs"
+
+        def __init__(self, blocksize, fetcher, size, maxblocks: int = KEEP_BLOCKS,
+                     max_run: int = MAX_RUN_BLOCKS):
+            super().__init__(blocksize, fetcher, size)
+            self.maxblocks, self.max_run = max(1, int(maxblocks)), max(1, int(max_run))
+            self.nblocks = -(-size // blocksize) if size else 0
+            self._blocks: "OrderedDict[int, bytes]" = OrderedDict()
+            self._run, self._last = 1, -2
+
+        def _block(self, k: int) -> bytes:
+            got = self._blocks.get(k)
+            if got is not None:
+                self._blocks.move_to_end(k)
+                self.hit_count += 1
+                return got
+            self.miss_count += 1
+            self._run = min(self.max_run, self._run * 2) if k == self._last + 1 else 1
+            n = min(self._run, self.nblocks - k, self.maxblocks)
+            for j in range(1, n):  # stop before a block already here
+                if k + j in self._blocks:
+                    n = j
+                    break
+            bs = self.blocksize
+            data = self.fetcher(k * bs, min(self.size, (k + n) * bs))
+            self.total_requested_bytes += len(data)
+            for j in range(n):
+                self._blocks[k + j] = data[j * bs:(j + 1) * bs]
+            self._last = k + n - 1
+            while len(self._blocks) > self.maxblocks:
+                self._blocks.popitem(last=False)
+            return self._blocks.get(k, data[:bs])
+
+        def _fetch(self, start, stop):
+            start = 0 if start is None else start
+            stop = self.size if stop is None else min(stop, self.size)
+            if start >= stop:
+                return b""
+            bs = self.blocksize
+            first = start // bs
+            parts = [self._block(k) for k in range(first, (stop - 1) // bs + 1)]
+            return b"".join(parts)[start - first * bs:stop - first * bs]
+
+    if RunCache.name not in caches:
+        register_cache(RunCache)
+    return caches[RunCache.name]
+
+
+#: Recent lookups (url -> (fsspec info, monotonic time)): the open that follows a lookup,
+#: and the decode after the probe, need not ask the server again (a HEAD each).
+_INFO: "OrderedDict[str, tuple[dict, float]]" = OrderedDict()
+INFO_MEMO_S = 60.0
+INFO_MEMO_ENTRIES = 1024
+
+
+def _remember(url: str, info: Optional[dict]) -> None:
+    if not info or info.get("size") is None:
+        return
+    _INFO[url] = (info, time.monotonic())
+    _INFO.move_to_end(url)
+    while len(_INFO) > INFO_MEMO_ENTRIES:
+        _INFO.popitem(last=False)
+
+
+def _recalled(url: str) -> Optional[dict]:
+    got = _INFO.get(url)
+    if got is None or time.monotonic() - got[1] > INFO_MEMO_S:
+        return None
+    return got[0]
 
 
 @contextlib.contextmanager
 def open_media(path: str) -> Iterator[Any]:
     """A readable, seekable source for ``path``: the path itself when local (or copied to
-    ``cache_dir``), else an fsspec file with range requests and a read-ahead."""
+    ``cache_dir``), else an fsspec file with range requests and a bounded read-ahead."""
     if not is_url(path):
         yield local_path(path)
         return
@@ -258,10 +355,17 @@ def open_media(path: str) -> Iterator[Any]:
         yield cached_copy(path)
         return
     fs, inner = filesystem(path)
-    # fixed blocks kept in an LRU (fsspec's block cache): the decoder's forward runs and its
-    # seeks both reuse what was fetched, and a request is never larger than a block
+    cache = _run_cache_class()
+    max_run = max(1, int(s.read_ahead_max_mb / s.read_ahead_mb + 1e-9))
+    info = _recalled(path)
     f = _retrying("opening", path, lambda: fs.open(inner, "rb", block_size=int(s.read_ahead_mb * (1 << 20)),
-                                                    cache_type="blockcache", cache_options={"maxblocks": 64}))
+                                                    cache_type=cache.name, cache_options={"max_run": max_run},
+                                                    size=None if info is None else int(info["size"])))
+    if info is not None and hasattr(type(f), "details"):
+        f.details = info  # (fsspec's file would look it up again on its first read)
+    else:
+        with contextlib.suppress(Exception):
+            _remember(path, f.details)
     timing.count("object_bytes", getattr(f, "size", 0) or 0)
     timing.count("objects_opened")
     if getattr(f, "cache", None) is not None and hasattr(f.cache, "fetcher"):

@@ -124,6 +124,65 @@ def test_sparse_sampling_reads_a_fraction_of_the_object(media):
     assert 0 < counts["bytes_read"] < 0.4 * size, counts  # the index and three key-frame intervals, not the file
 
 
+def test_read_ahead_grows_on_sequential_reads_and_resets_on_a_seek():
+    from mmstream.storage import MAX_RUN_BLOCKS, _run_cache_class
+
+    data = os.urandom(3_000_000)
+    asked = []
+
+    def fetch(start, end):
+        asked.append((start, end))
+        return data[start:end]
+
+    bs = 1 << 14
+    cache = _run_cache_class()(bs, fetch, len(data))
+    pos = 0
+    while pos < 40 * bs:  # sequential, as a decoder reads a GOP
+        assert cache._fetch(pos, pos + 4096) == data[pos:pos + 4096]
+        pos += 4096
+    assert MAX_RUN_BLOCKS == 16
+    assert [(e - s) // bs for s, e in asked] == [1, 2, 4, 8, 16, 16]  # 40 blocks read: 47 fetched
+    assert all(asked[i][1] == asked[i + 1][0] for i in range(len(asked) - 1))  # nothing fetched twice
+    asked.clear()
+    far = 150 * bs + 100  # a seek: one block, then growing again
+    assert cache._fetch(far, far + 10) == data[far:far + 10]
+    assert asked == [(150 * bs, 151 * bs)]
+    assert cache._fetch(0, 4096) == data[:4096]  # still kept: no request
+    assert len(asked) == 1
+    assert cache._fetch(len(data) - 5, len(data) + 100) == data[-5:]
+    assert cache._fetch(None, None) == data
+
+
+def test_a_sequential_remote_read_takes_few_requests_and_one_lookup(media):
+    from servers import RangeHandler
+
+    from mmstream import storage
+    from mmstream.config import StorageConfig
+
+    size = os.path.getsize(media / "v3.mp4")
+    with http_server(str(media)) as base, storage.using(StorageConfig(read_ahead_mb=0.01)):
+        url = f"{base}/v3.mp4"
+        RangeHandler.requests_seen.clear()
+        assert storage.kind_of(url) == "file"
+        for _ in range(2):  # probe, then decode: opened twice
+            with storage.open_media(url) as f:
+                got = b"".join(iter(lambda: f.read(32768), b""))
+        seen = list(RangeHandler.requests_seen)
+    assert got == (media / "v3.mp4").read_bytes()
+    blocks = -(-size // int(0.01 * (1 << 20)))
+    gets = [r for r in seen if r[0] == "GET"]
+    assert [r[0] for r in seen].count("HEAD") == 1, seen  # the lookup's size serves both opens
+    assert sum(r[2] for r in gets) == 2 * size
+    assert len(gets) < 2 * blocks / 4, (len(gets), blocks)  # runs of up to 16 blocks, not one block each
+
+    with http_server(str(media)) as base, storage.using(StorageConfig(read_ahead_mb=0.01, read_ahead_max_mb=0.01)):
+        RangeHandler.requests_seen.clear()
+        with storage.open_media(f"{base}/v3.mp4") as f:
+            assert b"".join(iter(lambda: f.read(32768), b"")) == got
+        fixed = [r[2] for r in RangeHandler.requests_seen if r[0] == "GET"]
+    assert len(fixed) == blocks and max(fixed) <= int(0.01 * (1 << 20))  # fixed blocks: one per request
+
+
 @pytest.mark.parametrize("where,reason", [("stall", "read_error"), ("error", "read_error"), ("nope", "missing_media")])
 def test_a_stalling_failing_or_missing_object_is_counted(media, tmp_path, where, reason):
     (tmp_path / where).mkdir()
