@@ -305,6 +305,13 @@ def _run_cache_class():
                 self._blocks.popitem(last=False)
             return self._blocks.get(k, data[:bs])
 
+        def kept_bytes(self) -> int:
+            return len(self._blocks) * self.blocksize
+
+        def rebind(self, fetcher) -> None:
+            """Serve another open of the same object: its blocks stay, requests go through ``fetcher``."""
+            self.fetcher, self._run, self._last = fetcher, 1, -2
+
         def _fetch(self, start, stop):
             start = 0 if start is None else start
             stop = self.size if stop is None else min(stop, self.size)
@@ -343,6 +350,13 @@ def _recalled(url: str) -> Optional[dict]:
     return got[0]
 
 
+#: The block caches of the last objects read in this process ((url, size, block size) ->
+#: (cache, time)): the decode that follows a probe starts with the blocks the probe fetched.
+_RECENT: "OrderedDict[tuple, tuple[Any, float]]" = OrderedDict()
+RECENT_OBJECTS = 2
+RECENT_BYTES = 32 << 20
+
+
 @contextlib.contextmanager
 def open_media(path: str) -> Iterator[Any]:
     """A readable, seekable source for ``path``: the path itself when local (or copied to
@@ -368,11 +382,23 @@ def open_media(path: str) -> Iterator[Any]:
             _remember(path, f.details)
     timing.count("object_bytes", getattr(f, "size", 0) or 0)
     timing.count("objects_opened")
-    if getattr(f, "cache", None) is not None and hasattr(f.cache, "fetcher"):
-        f.cache.fetcher = _Counted(f.cache.fetcher, path)
+    key = (path, getattr(f, "size", None), getattr(f, "blocksize", None))
+    own = isinstance(getattr(f, "cache", None), cache)
+    if own:
+        fetch = _Counted(f.cache.fetcher, path)
+        kept = _RECENT.pop(key, None)
+        if kept is not None and time.monotonic() - kept[1] <= INFO_MEMO_S:
+            kept[0].rebind(fetch)  # the probe's blocks (the index, the first GOP) serve the decode
+            f.cache = kept[0]
+        else:
+            f.cache.fetcher = fetch
     try:
         yield f
     finally:
+        if own:
+            _RECENT[key] = (f.cache, time.monotonic())
+            while len(_RECENT) > RECENT_OBJECTS or sum(c.kept_bytes() for c, _ in _RECENT.values()) > RECENT_BYTES:
+                _RECENT.popitem(last=False)
         with contextlib.suppress(Exception):
             f.close()
 
