@@ -451,9 +451,15 @@ def storage_ray_targets(res: dict) -> list[dict]:
         m = ray["median_s"]
         rows.append({"target": "Ray engine (local, 2 CPUs) vs `mmstream cache --workers 2`, epoch set (issue 12)",
                      "goal": ">= 0.85x throughput", "value": ray["epoch_ratio"], "met": ray["epoch_ratio"] >= 0.85,
-                     "measured": f"{m['epoch_ray']:.1f} s vs {m['epoch_local']:.1f} s = {ray['epoch_ratio']:.2f}x",
-                     "command": ray["command"], "note": "Ray's start-up (the local instance, its workers importing "
-                     "torch and mmstream) is counted: it is what a user waits for"
+                     "measured": f"{m['epoch_ray']:.1f} s vs {m['epoch_local']:.1f} s = {ray['epoch_ratio']:.2f}x"
+                                 + (f"; the epoch set x{ray['big_copies']} "
+                                    f"({res['data']['epoch_videos'] * ray['big_copies']} records): "
+                                    f"{m['big_ray']:.1f} s vs {m['big_local']:.1f} s = {ray['big_ratio']:.2f}x"
+                                    if "big_ratio" in ray else ""),
+                     "command": ray["command"], "note": "Ray's start-up (the local instance: about 6 s here; then "
+                     "each worker imports Ray Data, torch and transformers before its first task) is counted: it "
+                     "is what a user waits for, and it is a fixed cost, so on a run four times as long the ratio "
+                     "is the one in the second figure"
                      + (f"; the first sample reached the driver after {ray['first_item_s']['epoch_ray']:.1f} s "
                         f"(local engine: {ray['first_item_s']['epoch_local']:.1f} s)" if "first_item_s" in ray else "")
                      + "; Ray's own processes share the two cores with the decoders."})
