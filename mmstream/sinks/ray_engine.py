@@ -7,19 +7,16 @@
 
 Ray starts (a local instance, or a connection to ``address``) while the driver builds
 the StreamingDataset (the index, the skip keys of a resumed run), which then goes to
-Ray's object store pickled once. Ray Data runs a pool of actors, one per CPU
-(``_GroupRunner``: the dataset unpickled once per actor), and calls one per block of
-decode groups (``GROUPS_PER_TASK``): each call reads its records, plans, applies the
-budget, decodes each group once and encodes the samples (JPEG) in the Ray worker, and
-yields them; the driver writes the shards and the manifest with the same writers as the
-local engine, so shards are atomic and a rerun resumes from the completed ones. Groups
-go out costliest first, and Ray Data hands the next block to whichever actor is free
-(one call queued per actor, so the next group starts at once; a 30-minute video does
-not hold a fixed share back, and does not start last). An actor whose worker died is
-restarted and its calls retried (``MAX_RETRIES``); a retried call yields its group's
-samples again and the driver keeps each key once. Ray logs one line about actor
-constructor arguments in the object store (ray-project/ray#53727): the driver holds
-them for the whole run.
+the tasks pickled once. Ray Data runs one task per block of decode groups
+(``GROUPS_PER_TASK``): each task reads its records, plans, applies the budget, decodes
+each group once and encodes the samples (JPEG) in the Ray worker, and yields them; the
+driver writes the shards and the manifest with the same writers as the local engine, so
+shards are atomic and a rerun resumes from the completed ones. Groups go out costliest
+first, and Ray hands the next task to whichever worker is free (a 30-minute video does not
+hold a fixed share back, and does not start last), retries a
+task whose worker died (``max_retries``), and starts a local Ray instance when no
+``--address`` is given. A retried task yields its group's samples again; the driver keeps
+each key once.
 """
 from __future__ import annotations
 
@@ -36,7 +33,7 @@ log = logging.getLogger(__name__)
 #: Decode groups per Ray task: small, so that long videos balance; more than one, so that
 #: the per-task overhead (tens of ms) stays small next to decoding.
 GROUPS_PER_TASK = 1
-#: Retries of a call whose worker process died (the actor is restarted).
+#: Retries of a task whose worker process died (or raised a system error).
 MAX_RETRIES = 4
 
 _LOADED: dict[int, Any] = {}
@@ -205,21 +202,6 @@ class RaySession:
         self.close()
 
 
-class _GroupRunner:
-    """A Ray Data actor: the dataset unpickled once, then one call per block of groups.
-    Ray Data queues the next call at the actor while one runs, so a worker goes from one
-    group to the next without the ~0.15 s a fresh task costs (measured with tasks here)."""
-
-    def __init__(self, payload_ref: list, output: Any):
-        import ray
-
-        self.payload = ray.get(payload_ref[0])  # (a reference, so the actor's arguments stay small)
-        self.output = output
-
-    def __call__(self, batch: dict) -> Iterator[dict]:
-        yield from _run(batch, self.payload, self.output)
-
-
 def ray_items(dataset, output, session: RaySession) -> Iterator[Any]:
     """Encoded samples and Drops of ``dataset`` (a StreamingDataset), computed by Ray Data
     on ``session``'s cluster."""
@@ -237,19 +219,16 @@ def ray_items(dataset, output, session: RaySession) -> Iterator[Any]:
     groups = [{"group": int(g)} for g in order]
     if not groups:
         return
-    payload = ray.put(pickle.dumps(dataset, protocol=pickle.HIGHEST_PROTOCOL))
+    payload = pickle.dumps(dataset, protocol=pickle.HIGHEST_PROTOCOL)
     blocks = max(1, len(groups) // GROUPS_PER_TASK)
     with warnings.catch_warnings():
-        # Ray Data has no named parameters for actor restarts and retries yet: remote args
+        # Ray Data has no named parameter for task retries yet; they go as remote args
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         rows = (ray.data.from_items(groups, override_num_blocks=blocks)
-                .map_batches(_GroupRunner, batch_size=GROUPS_PER_TASK, batch_format="numpy",
-                             zero_copy_batch=True, fn_constructor_kwargs={"payload_ref": [payload], "output": output},
-                             num_cpus=1,
-                             # one call running and one queued per actor: the next group starts at
-                             # once, and a long group holds back at most one other
-                             compute=ray.data.ActorPoolStrategy(size=session.cpus(), max_tasks_in_flight_per_actor=2),
-                             max_restarts=-1, max_task_retries=MAX_RETRIES))
+                .map_batches(_run, batch_size=GROUPS_PER_TASK, batch_format="numpy", zero_copy_batch=True,
+                             fn_kwargs={"payload": payload, "output": output}, num_cpus=1,
+                             compute=ray.data.TaskPoolStrategy(size=session.cpus()),
+                             max_retries=MAX_RETRIES, retry_exceptions=False))
     # no prefetch: a block is handed over as soon as its task finishes (with the default one
     # block ahead, each group's samples waited for the next group's)
     for batch in rows.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
