@@ -377,9 +377,6 @@ def open_media(path: str) -> Iterator[Any]:
                                                     size=None if info is None else int(info["size"])))
     if info is not None and hasattr(type(f), "details"):
         f.details = info  # (fsspec's file would look it up again on its first read)
-    else:
-        with contextlib.suppress(Exception):
-            _remember(path, f.details)
     timing.count("object_bytes", getattr(f, "size", 0) or 0)
     timing.count("objects_opened")
     key = (path, getattr(f, "size", None), getattr(f, "blocksize", None))

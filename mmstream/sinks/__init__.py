@@ -12,7 +12,6 @@ from .manifest import VerifyReport, finalize, verify
 from .shards import FilesWriter, ShardInfo, ShardWriter
 
 
-
 def __getattr__(name):  # keep `import mmstream.sinks` light: torch loads with run_cache
     if name == "run_cache":
         from .cache import run_cache

@@ -89,6 +89,9 @@ class _NoSigtermNotice(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
+_NO_SIGTERM_NOTICE = _NoSigtermNotice()  # one instance: adding it again is a no-op
+
+
 def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
     """Connect to the Ray cluster at ``address``, or start a local instance with
     ``workers`` CPUs (default: all); returns what was started."""
@@ -99,7 +102,7 @@ def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
 
         raise ConfigError("--engine ray needs Ray: pip install 'mmstream[ray]'") from None
     # started from RaySession's thread: the driver keeps Python's own SIGTERM behaviour
-    logging.getLogger("ray._private.worker").addFilter(_NoSigtermNotice())
+    logging.getLogger("ray._private.worker").addFilter(_NO_SIGTERM_NOTICE)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "logging_level": logging.WARNING}
     if ray.is_initialized():
@@ -148,10 +151,8 @@ class RaySession:
     def __init__(self, address: Optional[str] = None, workers: Optional[int] = None):
         self.address, self.workers = address, workers
         self.info: Optional[dict] = None
-        self.started_s: Optional[float] = None  # seconds until Ray was up
         self._error: Optional[BaseException] = None
-        self._warm: list = []
-        self._t0 = time.monotonic()
+        self._warm: list = []  # the warm-up tasks' results (held, not awaited)
         self._ready, self._closing = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._start, name="mmstream-ray-start", daemon=True)
         self._thread.start()
@@ -161,7 +162,6 @@ class RaySession:
         # parent-death signal, which the kernel sends when the *thread* that started them ends
         try:
             self.info = start(self.address, self.workers)
-            self.started_s = round(time.monotonic() - self._t0, 3)
             import ray
 
             warm = ray.remote(num_cpus=1, max_retries=0)(_warm_worker)
