@@ -56,53 +56,52 @@ def cache(cfg: str, out: str, *extra: str) -> list[str]:
     return [PY, "-m", "mmstream.cli", "cache", cfg, "--output", out, "--no-progress", *extra]
 
 
+def _link(folder: str, src: str, name: str) -> str:
+    """``src`` as ``folder/videos/name`` (a symlink, so a decode group of its own)."""
+    dst = os.path.join(folder, "videos", name)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if not os.path.exists(dst):
+        os.symlink(src, dst)
+    return dst
+
+
+def _write_set(folder: str, name: str, records: list[dict]) -> str:
+    """``records`` as ``folder/name.jsonl`` and the cache config that reads them; its path."""
+    ann = os.path.join(folder, f"{name}.jsonl")
+    with open(ann, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    cfg = os.path.join(folder, f"{name}.yaml")
+    with open(cfg, "w") as f:
+        f.write(CACHE_CFG.format(name=name, ann=ann, root="/"))
+    return cfg
+
+
 def skewed_set(data: str, folder: str) -> str:
     """One 30-minute 720p video and 40 short ones (10 to 30 s, each a distinct file)."""
-    videos = os.path.join(folder, "videos")
-    os.makedirs(videos, exist_ok=True)
     with open(os.path.join(data, "manifest.json")) as f:
         clips = json.load(f)["clips"]
     short = sorted(n for n, c in clips.items() if "epoch" in c["roles"] and c["seconds"] <= 30)
-    recs = []
+    videos = []
     for i in range(40):
         src = os.path.join(data, "videos", short[i % len(short)])
-        dst = os.path.join(videos, f"short{i:02d}{os.path.splitext(src)[1]}")
-        if not os.path.exists(dst):
-            os.symlink(src, dst)
-        recs.append(dst)
-    long = os.path.join(data, "videos", next(n for n, c in clips.items() if "mem_30min" in c["roles"]))
-    recs.insert(17, long)
-    ann = os.path.join(folder, "skewed.jsonl")
-    with open(ann, "w") as f:
-        for i, v in enumerate(recs):
-            f.write(json.dumps({"id": f"s{i}", "video": v, "conversations": [
-                {"from": "human", "value": "<video>\nDescribe it."}, {"from": "gpt", "value": "A video."}]}) + "\n")
-    cfg = os.path.join(folder, "skewed.yaml")
-    with open(cfg, "w") as f:
-        f.write(CACHE_CFG.format(name="skewed", ann=ann, root="/"))
-    return cfg
+        videos.append(_link(folder, src, f"short{i:02d}{os.path.splitext(src)[1]}"))
+    videos.insert(17, os.path.join(data, "videos", next(n for n, c in clips.items() if "mem_30min" in c["roles"])))
+    return _write_set(folder, "skewed", [
+        {"id": f"s{i}", "video": v, "conversations": [
+            {"from": "human", "value": "<video>\nDescribe it."}, {"from": "gpt", "value": "A video."}]}
+        for i, v in enumerate(videos)])
 
 
 def repeated_epoch(data: str, folder: str, copies: int) -> str:
     """The epoch set ``copies`` times over, each copy's videos under their own names
     (symlinks: distinct decode groups), so that start-up is a smaller part of the run."""
-    videos = os.path.join(folder, "videos")
-    os.makedirs(videos, exist_ok=True)
-    ann = os.path.join(folder, f"epoch_x{copies}.jsonl")
     with open(os.path.join(data, "annotations", "epoch.jsonl")) as f:
         recs = [json.loads(line) for line in f if line.strip()]
-    with open(ann, "w") as out:
-        for c in range(copies):
-            for r in recs:
-                src = os.path.join(data, r["video"])
-                dst = os.path.join(videos, f"c{c}_{os.path.basename(src)}")
-                if not os.path.exists(dst):
-                    os.symlink(src, dst)
-                out.write(json.dumps({**r, "id": f"c{c}_{r['id']}", "video": dst}) + "\n")
-    cfg = os.path.join(folder, f"epoch_x{copies}.yaml")
-    with open(cfg, "w") as f:
-        f.write(CACHE_CFG.format(name=f"epoch_x{copies}", ann=ann, root="/"))
-    return cfg
+    return _write_set(folder, f"epoch_x{copies}", [
+        {**r, "id": f"c{c}_{r['id']}",
+         "video": _link(folder, os.path.join(data, r["video"]), f"c{c}_{os.path.basename(r['video'])}")}
+        for c in range(copies) for r in recs])
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,6 @@ import logging
 import os
 import pickle
 import threading
-import time
 import warnings
 from typing import Any, Iterator, Optional
 
