@@ -17,7 +17,7 @@ system-deps:  ## ffmpeg (ground truth for tests, benchmarks) and the DejaVu font
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0   # the CPU build; a looser pin pulls a multi-GB CUDA build
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1   # install and import together (issue 20: transformers' video processors need torchvision)
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-deps 'llama-index-core==0.14.25'   # only for the NLTK punkt_tab data its wheel carries (T2Vid pages)
 	touch $@
