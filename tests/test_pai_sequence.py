@@ -25,7 +25,7 @@ from mmstream.sinks import run_cache
 from mmstream.synth import encode_counter_video, make_frame_folder
 from mmstream.types import MediaRef, Record, Turn
 from tiny_tok import STRING_TEMPLATE, STRING_TEMPLATE_TOKENS, make_qwen_tokenizer, make_tokenizer, qwen_pieces
-from training_adapters.megatron import PaiChatMLTaskEncoder
+from training_adapters.megatron import ChatMLPackingTaskEncoder, PaiChatMLTaskEncoder
 
 PAI_LIMITS = {"video_min_pixels": 3136, "video_max_pixels": 1003520}  # configs/qwen2vl_megatron.yaml
 SYS = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -230,10 +230,10 @@ def pai_shards(media, tok_dir, tmp_path_factory):
     return out, expected
 
 
-def load_encoded(path, encoder):
+def load_encoded(path, encoder, **kwargs):
     wc = WorkerConfig(rank=0, world_size=1, num_workers=0, global_error_handler=reraise_exception)
     ds = get_train_dataset(str(path), worker_config=wc, batch_size=None, shuffle_buffer_size=None,
-                           max_samples_per_sequence=None, task_encoder=encoder, repeat=False)
+                           max_samples_per_sequence=None, task_encoder=encoder, repeat=False, **kwargs)
     return list(get_loader(ds))
 
 
@@ -268,3 +268,10 @@ def test_energon_encoder_drops_a_sample_over_max_length(pai_shards, tok_dir):
     n = lengths(expected)
     with pytest.raises(Exception, match="max_length"):
         load_encoded(path, PaiChatMLTaskEncoder(tok_dir, max_length=min(n.values()) - 1))
+
+
+def test_energon_packing_chooses_by_pais_sequence(pai_shards):
+    path, expected = pai_shards
+    n = lengths(expected)
+    packs = load_encoded(path, ChatMLPackingTaskEncoder(max_tokens=n["vid"] + n["img"]), packing_buffer_size=2)
+    assert len(packs) == 1 and sorted(packs[0].lengths) == sorted(n.values())
