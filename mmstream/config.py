@@ -25,6 +25,7 @@ SOURCE_FORMATS = ("videochatgpt", "llava", "llava_pretrain", "sharegpt", "t2vid_
                   "t2vid_raw", "minicpmv", "auto")
 STRATEGIES = ("t2vid", "uniform", "none")
 DECODERS = ("auto", "pyav", "decord", "torchcodec")
+FRAME_FOLDER_MODES = ("resample", "as_extracted")
 
 
 def knob(default: Any = None, *, factory: Optional[Callable[[], Any]] = None, min: Any = None, gt: Any = None,
@@ -89,6 +90,10 @@ class SamplingConfig:
     decoder_threads: int = knob(1, min=0)
     resize: ResizeConfig = knob(factory=ResizeConfig)
     frame_folder_fps: Optional[float] = knob(None, gt=0)  # rate of frame folders with no sidecar; null: as they are
+    # resample: a folder of known rate is sampled at `fps` like a video (one of unknown rate is taken as it is,
+    # capped); as_extracted: every frame of a folder at its sidecar's rate (frame_folder_fps without one), and a
+    # video with an extracted folder beside it is read from the folder (Pai-Megatron-Patch's converter)
+    frame_folders: str = knob("resample", choices=FRAME_FOLDER_MODES)
     salvage: bool = False  # keep the decodable prefix of a damaged video (like the ffmpeg CLI)
     # seconds one media item may take to open, probe or decode in the decode helper process;
     # past it the helper is killed and the record dropped (decode_timeout); null: decode in the worker itself

@@ -43,7 +43,7 @@ def _plan_media(ref: MediaRef, sampling: SamplingConfig) -> MediaPlan:
         from .pages import plan_pages  # T2Vid raw synthetic: pages rendered from text
 
         return plan_pages(ref.text, sampling.pages)
-    found = resolve(ref, tuple(sampling.video_exts))
+    found = resolve(ref, tuple(sampling.video_exts), prefer_folder=sampling.frame_folders == "as_extracted")
     try:
         if found.kind == "image":
             return _plan_image(found.path, sampling)
@@ -110,23 +110,32 @@ def _plan_folder(folder: str, sidecar_fps: Optional[str], sampling: SamplingConf
     except (OSError, ValueError) as exc:
         raise SampleError(DECODE_ERROR, f"cannot read frame: {exc}", path=files[0]) from None
     src_fps = sidecar_fps or (sampling.frame_folder_fps and str(sampling.frame_folder_fps))
-    if pages or not src_fps:
-        # Text pages, or frames already extracted at an unknown rate: take them as they are.
+    rate = _folder_rate(src_fps, folder) if src_fps else None
+    if pages or rate is None or sampling.frame_folders == "as_extracted":
+        # Text pages, frames of an unknown rate (capped), or every frame as extracted (not capped).
         indices = list(range(len(files)))
-        if not pages:
+        if not pages and sampling.frame_folders != "as_extracted":
             indices = cap_indices(indices, sampling.max_frames, sampling.strategy)
-        rate = as_fraction(src_fps) if src_fps else None
         stamps = [float(i / rate) if rate else float(i) for i in indices]
         fps = float(rate) if rate else None
     else:
-        rate = as_fraction(src_fps)
-        if rate <= 0:
-            raise SampleError(DECODE_ERROR, f"frame folder fps sidecar says {src_fps!r}", path=folder)
         indices, fps = _select(list(range(len(files))), 1 / rate, 1, sampling, source_rate=float(rate))
         stamps = [float(i / rate) for i in indices]
     w, h = _out_size(width, height, sampling)
     return MediaPlan("pages" if pages else "frames", folder, w, h, indices, stamps, fps,
                      {"files": files, "source_size": (width, height)})
+
+
+def _folder_rate(text: str, folder: str) -> Fraction:
+    """A frame folder's rate from its sidecar text (``"2.0833333333333335"``, ``"30000/1001"``);
+    one that is not a positive number is a ``decode_error`` of the folder."""
+    try:
+        rate = as_fraction(text)
+    except (ValueError, ZeroDivisionError):
+        rate = Fraction(0)
+    if rate <= 0:
+        raise SampleError(DECODE_ERROR, f"frame folder fps sidecar says {text!r}", path=folder)
+    return rate
 
 
 def fit_plan(plan: MediaPlan, count: int) -> MediaPlan:

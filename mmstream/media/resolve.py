@@ -88,18 +88,29 @@ def _not_a_file(path: str) -> SampleError:
     return SampleError(NOT_A_FILE, "exists but is not a regular file or a folder of frames", path=path)
 
 
-def resolve(ref: MediaRef, video_exts=("mp4", "mkv", "webm", "avi", "mov")) -> Resolved:
+def _frames_stem(full: str, video_exts) -> str:
+    """The folder a video's extracted frames go to: its path less a video extension."""
+    return os.path.splitext(full)[0] if os.path.splitext(full)[1].lstrip(".") in video_exts else full
+
+
+def resolve(ref: MediaRef, video_exts=("mp4", "mkv", "webm", "avi", "mov"), prefer_folder: bool = False) -> Resolved:
     """Find the media behind ``ref``.
 
     A video path may name a file; a name without extension is probed with
     ``video_exts`` (Video-ChatGPT ids); failing that, a folder with the same name less
     its extension is taken as the video's extracted frames, with the fps from the
-    sidecar ``<folder>.json`` when there is one. A path that exists but is neither a
+    sidecar ``<folder>.json`` when there is one. ``prefer_folder``: that folder, when it
+    exists, is taken before the file (Pai's converter reads the folder its extraction
+    wrote beside the video, never the video). A path that exists but is neither a
     regular file nor a folder (a FIFO, a device) is ``not_a_file``.
     """
     if ref.path is None:
         raise SampleError(MISSING_MEDIA, "media has no path")
     full = locate(ref.path, ref.root or os.getcwd())
+    if prefer_folder and ref.kind == "video":
+        stem = _frames_stem(full, video_exts)
+        if _kind_of(stem) == "dir":
+            return Resolved("frames", stem, read_sidecar_fps(stem))
     kind = _kind_of(full)
     if ref.kind == "image":
         if kind == "file":
@@ -124,7 +135,7 @@ def resolve(ref: MediaRef, video_exts=("mp4", "mkv", "webm", "avi", "mov")) -> R
             return Resolved("video", candidate)
         if found == "other":
             raise _not_a_file(candidate)
-    stem = os.path.splitext(full)[0] if os.path.splitext(full)[1].lstrip(".") in video_exts else full
+    stem = _frames_stem(full, video_exts)
     if _kind_of(stem) == "dir":
         return Resolved("frames", stem, read_sidecar_fps(stem))
     raise SampleError(MISSING_MEDIA, "video not found (no file, no frame folder)", path=full)

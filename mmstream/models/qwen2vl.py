@@ -10,6 +10,16 @@ Each frame is resized by :func:`smart_resize` (sides multiples of 28, pixel coun
 within [min_pixels, max_pixels]); 14x14 patches are merged 2x2 and frames 2 by 2, so
 an image costs (h/28)*(w/28) tokens and a video of T frames ceil(T/2)*(h/28)*(w/28)
 (an odd T repeats the last frame).
+
+Whose token sequence ``chat_template`` counting measures is ``options.sequence``:
+
+- ``transformers`` (default): the turns as written, each tag replaced by its vision
+  placeholder, through the tokenizer's chat template: the text a Hugging Face
+  ``Qwen2VLProcessor`` is given.
+- ``pai``: the sequence Pai-Megatron-Patch's ChatML task encoder builds from the cached
+  sample (:func:`pai_messages`): each user turn split at its media tags into content
+  parts with every text part stripped (``"<video>\\nQ"`` loses the newline), the system
+  prompt made explicit, then the chat template and the pad tokens expanded.
 """
 from __future__ import annotations
 
@@ -19,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 from ..errors import MEDIA_TAG_MISMATCH, ConfigError, SampleError
 from ..types import IMAGE_TAG, VIDEO_TAG, Record
-from .base import (BAD_FPS, BAD_SIZE, ODD_FRAMES, VIDEO_KINDS, MediaShape, Model, checked_turns,
+from .base import (BAD_FPS, BAD_SIZE, BAD_TURN_ORDER, ODD_FRAMES, VIDEO_KINDS, MediaShape, Model, checked_turns,
                    media_by_turn)
 
 PATCH_SIZE = 14
@@ -40,8 +50,63 @@ ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
 TAG_RE = re.compile(re.escape(IMAGE_TAG) + "|" + re.escape(VIDEO_TAG))
 
 SECOND_PER_GRID = ("pai", "hf")
+SEQUENCES = ("transformers", "pai")
+#: The system turn Pai's encoder adds to a conversation that has none (as the Qwen2-VL template does).
+PAI_SYSTEM_PROMPT = "You are a helpful assistant."
+PAD_RE = re.compile(re.escape(IMAGE_PAD) + "|" + re.escape(VIDEO_PAD))
 RULES = ("transformers", "qwen-vl-utils")
 EVEN_FRAMES = ("drop_last", "repeat_last", "off")
+
+
+def pai_content(text: str) -> list[dict[str, str]]:
+    """A user turn as Pai's encoder hands it to the chat template: split at each
+    ``<image>``/``<video>`` tag; the text before, between and after the tags becomes
+    ``{"type": "text"}`` parts, each **stripped** (a stretch of only whitespace stays as
+    an empty part); each tag becomes ``{"type": "image"|"video", kind: "<n>"}``, n counting
+    that kind in the turn. Text with no tag is one stripped part.
+
+    >>> pai_content("<video>\\nWhat is it?")
+    [{'type': 'video', 'video': '0'}, {'type': 'text', 'text': 'What is it?'}]
+    """
+    parts: list[dict[str, str]] = []
+    seen = {"image": 0, "video": 0}
+    cur = 0
+    for m in TAG_RE.finditer(text):
+        if m.start() > cur:
+            parts.append({"type": "text", "text": text[cur:m.start()].strip()})
+        kind = m.group()[1:-1]
+        parts.append({"type": kind, kind: str(seen[kind])})
+        seen[kind] += 1
+        cur = m.end()
+    if cur < len(text):
+        parts.append({"type": "text", "text": text[cur:].strip()})
+    return parts
+
+
+def pai_messages(conversations: Sequence[dict]) -> list[dict[str, Any]]:
+    """Pai-Megatron-Patch's chat messages for a ChatML conversation (``from``/``value``,
+    ``human``/``gpt``, an optional leading ``system`` turn), as its ChatML task encoder
+    builds them: a conversation of an even number of turns gets the system turn
+    :data:`PAI_SYSTEM_PROMPT`, an odd one takes its first turn's text as the system turn;
+    then the turns must alternate human, gpt (else Pai drops the sample:
+    ``bad_turn_order``); human turns become :func:`pai_content` parts, gpt and system
+    turns keep their text as it is."""
+    turns = list(conversations)
+    if len(turns) % 2 == 0:
+        messages: list[dict[str, Any]] = [{"role": "system", "content": PAI_SYSTEM_PROMPT}]
+    else:
+        messages = [{"role": "system", "content": turns[0]["value"]}]
+        turns = turns[1:]
+    for i, turn in enumerate(turns):
+        expected = ("human", "gpt")[i % 2]
+        if turn["from"] != expected:
+            raise SampleError(BAD_TURN_ORDER, f"Pai's encoder needs [system] human gpt ...: turn {i} is "
+                                              f"{turn['from']!r}, expected {expected!r} (at most one system turn)")
+        if expected == "human":
+            messages.append({"role": "user", "content": pai_content(turn["value"])})
+        else:
+            messages.append({"role": "assistant", "content": turn["value"]})
+    return messages
 
 
 def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: float = IMAGE_MIN_PIXELS,
@@ -120,6 +185,9 @@ class Qwen2VL(Model):
         # a video's total pixel budget (qwen-vl-utils: 128000 x 28 x 28 x 0.9); its frames shrink to fit
         "video_total_pixels": None,
         "rules": "transformers",  # transformers | qwen-vl-utils: whose smart_resize and budget arithmetic
+        # chat_template counting: whose token sequence. transformers: the turns as written (what a
+        # Qwen2VLProcessor is given); pai: Pai-Megatron-Patch's encoder (text around each tag stripped)
+        "sequence": "transformers",
     }
 
     def check_options(self) -> None:
@@ -135,6 +203,8 @@ class Qwen2VL(Model):
             raise ConfigError("model.options.default_fps: must be > 0")
         if o["rules"] not in RULES:
             raise ConfigError(f"model.options.rules: {o['rules']!r} is not one of {RULES}")
+        if o["sequence"] not in SEQUENCES:
+            raise ConfigError(f"model.options.sequence: {o['sequence']!r} is not one of {SEQUENCES}")
         total = o["video_total_pixels"]
         if total is not None and not (isinstance(total, int) and total > 0):
             raise ConfigError("model.options.video_total_pixels: must be a positive integer or null")
@@ -222,13 +292,34 @@ class Qwen2VL(Model):
     def placeholder_tokens(self) -> list[str]:
         return [VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
 
+    def check_tokenizer(self, tok) -> None:
+        """Also, for ``sequence: pai``: the chat template renders content parts the
+        Qwen2-VL way (one ``<|vision_start|><|video_pad|><|vision_end|>`` per video part),
+        as Pai's encoder needs it to."""
+        super().check_tokenizer(tok)
+        if self.token_count != "chat_template" or self.options["sequence"] != "pai":
+            return
+        probe = [{"role": "user", "content": [{"type": "video", "video": "0"}, {"type": "text", "text": "x"}]}]
+        try:
+            text = tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
+        except Exception as exc:  # jinja errors: the template cannot take content parts
+            text = f"error: {exc}"
+        if str(text).count(VISION_START + VIDEO_PAD + VISION_END) != 1:
+            raise ConfigError(f"model.tokenizer {self.tokenizer_name!r}: its chat template does not render content "
+                              f"parts with Qwen2-VL's vision placeholders, which sequence: pai needs (Pai renders "
+                              f"with the processor's chat_template.json: set model.options.chat_template to it)")
+
     def media_placeholder(self, shape: MediaShape) -> str:
         pad = VIDEO_PAD if shape.kind in VIDEO_KINDS else IMAGE_PAD
         return VISION_START + pad * self.media_tokens(shape.kind, shape.num_frames, shape.width, shape.height) + VISION_END
 
     def templated_text(self, model_record: dict, shapes: Sequence[MediaShape]) -> str:
-        """Tags replaced by ``<|vision_start|>`` + one pad token per visual token +
-        ``<|vision_end|>``, in media order, then the chat template."""
+        """``sequence: transformers``: tags replaced by ``<|vision_start|>`` + one pad token
+        per visual token + ``<|vision_end|>``, in media order, then the chat template.
+        ``sequence: pai``: :func:`pai_messages` through the chat template, then each pad
+        token expanded to the visual tokens of its medium, in media order."""
+        if self.options["sequence"] == "pai":
+            return self._pai_text(model_record, shapes)
         order = iter(shapes)
         roles = {v: k for k, v in ROLES.items()}
 
@@ -242,6 +333,23 @@ class Qwen2VL(Model):
                     for c in model_record["conversations"]]
         return self.render_template(messages)
 
+    def _pai_text(self, model_record: dict, shapes: Sequence[MediaShape]) -> str:
+        text = self.render_template(pai_messages(model_record["conversations"]))
+        order = iter(shapes)
+
+        def expand(m: re.Match) -> str:
+            shape = next(order, None)
+            if shape is None:
+                raise SampleError(MEDIA_TAG_MISMATCH, "more media placeholders than media in the record")
+            if (m.group() == VIDEO_PAD) != (shape.kind in VIDEO_KINDS):
+                raise SampleError(MEDIA_TAG_MISMATCH, f"a {m.group()} placeholder for a {shape.kind} medium")
+            return m.group() * self.media_tokens(shape.kind, shape.num_frames, shape.width, shape.height)
+
+        text = PAD_RE.sub(expand, text)
+        if next(order, None) is not None:
+            raise SampleError(MEDIA_TAG_MISMATCH, "fewer media placeholders than media in the record")
+        return text
+
 
 class Qwen25VL(Qwen2VL):
     """Qwen2.5-VL: the same resize, merge and format rules as Qwen2-VL."""
@@ -249,5 +357,5 @@ class Qwen25VL(Qwen2VL):
     names = ("qwen2.5-vl",)
 
 
-__all__ = ["Qwen2VL", "Qwen25VL", "smart_resize", "frame_max_pixels", "qwen_grid_thw", "qwen_tokens", "FACTOR",
+__all__ = ["Qwen2VL", "Qwen25VL", "pai_content", "pai_messages", "PAI_SYSTEM_PROMPT", "smart_resize", "frame_max_pixels", "qwen_grid_thw", "qwen_tokens", "FACTOR",
            "IMAGE_MIN_PIXELS", "IMAGE_MAX_PIXELS", "VIDEO_MIN_PIXELS", "VIDEO_MAX_PIXELS"]
