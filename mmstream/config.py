@@ -26,6 +26,7 @@ SOURCE_FORMATS = ("videochatgpt", "llava", "llava_pretrain", "sharegpt", "t2vid_
 STRATEGIES = ("t2vid", "uniform", "none")
 DECODERS = ("auto", "pyav", "decord", "torchcodec")
 FRAME_FOLDER_MODES = ("resample", "as_extracted")
+FRAME_RULES = ("ffmpeg_fps", "qwen_vl_utils", "pai_interval")
 
 
 def knob(default: Any = None, *, factory: Optional[Callable[[], Any]] = None, min: Any = None, gt: Any = None,
@@ -81,10 +82,13 @@ class SamplingConfig:
     fps: Optional[float] = knob(1.0, gt=0)  # ffmpeg fps-filter rate; null keeps every decoded frame
     max_frames: Optional[int] = knob(24, min=1)  # cap after fps sampling; null: no cap
     strategy: str = knob("t2vid", choices=STRATEGIES)  # how to cap: t2vid | uniform | none
-    # ffmpeg_fps: ffmpeg's fps filter, then the cap (T2Vid, Pai); qwen_vl_utils: qwen-vl-utils'
-    # smart_nframes (total / video fps x fps, clamped to [min_frames, max_frames], even) spread evenly
-    frame_rule: str = knob("ffmpeg_fps", choices=("ffmpeg_fps", "qwen_vl_utils"))
+    # ffmpeg_fps: ffmpeg's fps filter, then the cap (T2Vid); qwen_vl_utils: qwen-vl-utils'
+    # smart_nframes (total / video fps x fps, clamped to [min_frames, max_frames], even) spread evenly;
+    # pai_interval: every int(fps x time_interval)-th decoded frame from frame 0 at fps / that step,
+    # fps the stream's average rate, uncapped (Pai-Megatron-Patch's build_llava_frame_dataset.py)
+    frame_rule: str = knob("ffmpeg_fps", choices=FRAME_RULES)
     min_frames: int = knob(4, min=1)  # qwen_vl_utils rule only (its FPS_MIN_FRAMES)
+    time_interval: float = knob(0.5, gt=0)  # pai_interval rule only: Pai's --time-interval (its docs: 0.5)
     decoder: str = knob("auto", check=_decoder_name)  # auto | pyav | decord | torchcodec | module:Class
     # per DataLoader worker (0: the cores shared among the workers); more workers use cores better
     decoder_threads: int = knob(1, min=0)

@@ -80,7 +80,7 @@ def test_the_pai_recipe_takes_every_frame_as_extracted(pai_root):
 def test_resample_mode_samples_the_folder_again(pai_root):
     """What the recipe did before (issue 27.3): the 25 fps folder resampled to 2 fps."""
     root, ex = pai_root
-    s = next(iter(StreamingDataset(pai_config(root, ["v25"], frame_folders="resample"))))
+    s = next(iter(StreamingDataset(pai_config(root, ["v25"], frame_folders="resample", frame_rule="ffmpeg_fps"))))
     assert s.model_record["second_per_grid_ts"] == [0.5]
     assert [read_counter(f) for f in s.clips[0].frames] != [counter_of(p) for p in pai_convert(ex["v25"]["folder"])[0]]
 

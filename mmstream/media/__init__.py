@@ -21,8 +21,8 @@ from .backends import get_backend, resolve_threads
 from .images import to_rgb8
 from .probe import probe_video
 from .resolve import list_frames, resolve
-from .sampling import (as_fraction, cap_indices, fps_sample_indices, qwen_frame_indices, qwen_nframes,
-                       resize_to)
+from .sampling import (as_fraction, cap_indices, fps_sample_indices, pai_interval_indices, qwen_frame_indices,
+                       qwen_nframes, resize_to)
 from .shared import frames_buffer
 
 __all__ = ["plan_media", "decode_media", "fit_plan"]
@@ -87,10 +87,22 @@ def _select_qwen(info, sampling: SamplingConfig) -> tuple[list[int], float]:
     return qwen_frame_indices(total, n), n / total * video_fps
 
 
+def _select_pai(num_frames: int, fps: Optional[float], sampling: SamplingConfig,
+                path: str) -> tuple[list[int], float]:
+    """Pai's extraction (``frame_rule: pai_interval``): every int(fps x time_interval)-th
+    frame from frame 0, at fps / that step; a source that states no rate is a ``decode_error``
+    (Pai's OpenCV would step by its time base and its converter divide by zero)."""
+    if not fps or fps <= 0:
+        raise SampleError(DECODE_ERROR, "the video states no frame rate (pai_interval steps by it)", path=path)
+    return pai_interval_indices(num_frames, fps, sampling.time_interval)
+
+
 def _plan_video(path: str, sampling: SamplingConfig) -> MediaPlan:
     info = probe_video(path)
     if sampling.frame_rule == "qwen_vl_utils":
         indices, fps = _select_qwen(info, sampling)
+    elif sampling.frame_rule == "pai_interval":
+        indices, fps = _select_pai(info.num_frames, info.average_rate, sampling, path)
     else:
         indices, fps = _select(info.pts, info.time_base, info.last_duration, sampling,
                                source_rate=info.average_rate)
@@ -119,7 +131,10 @@ def _plan_folder(folder: str, sidecar_fps: Optional[str], sampling: SamplingConf
         stamps = [float(i / rate) if rate else float(i) for i in indices]
         fps = float(rate) if rate else None
     else:
-        indices, fps = _select(list(range(len(files))), 1 / rate, 1, sampling, source_rate=float(rate))
+        if sampling.frame_rule == "pai_interval":  # as Pai would extract a video of that rate
+            indices, fps = _select_pai(len(files), float(rate), sampling, folder)
+        else:
+            indices, fps = _select(list(range(len(files))), 1 / rate, 1, sampling, source_rate=float(rate))
         stamps = [float(i / rate) for i in indices]
     w, h = _out_size(width, height, sampling)
     return MediaPlan("pages" if pages else "frames", folder, w, h, indices, stamps, fps,

@@ -7,6 +7,8 @@ These decide *which* frames a sample gets; nothing here opens a file. Decoders i
 [12, 37, 62]
 >>> t2vid_indices(25, 24) == list(range(24))
 True
+>>> pai_interval_indices(40, 30000 / 1001)[0][:3]
+[0, 14, 28]
 """
 from __future__ import annotations
 
@@ -77,6 +79,38 @@ def fps_sample_indices(pts: Sequence[int], time_base: Fraction, fps: Number,
         i = bisect_left(rel, (2 * k + 1) * step) - 1  # latest frame strictly earlier
         out.append(max(i, 0))
     return out
+
+
+#: Pai-Megatron-Patch's documented ``build_llava_frame_dataset.py --time-interval 0.5``
+#: (the script's own default is 1.0).
+PAI_TIME_INTERVAL = 0.5
+
+
+def pai_interval_step(fps: float, time_interval: float = PAI_TIME_INTERVAL) -> int:
+    """Pai's extraction step: ``max(1, int(fps * time_interval))`` in float arithmetic, as
+    Pai computes it from OpenCV's ``CAP_PROP_FPS`` (a float). 25 fps gives 12, 29.97 gives 14,
+    30 gives 15; a rate under 1 / time_interval gives 1 (every frame)."""
+    fps, time_interval = float(fps), float(time_interval)
+    if not fps > 0 or math.isinf(fps):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if not time_interval > 0:
+        raise ValueError(f"time_interval must be > 0, got {time_interval}")
+    return max(1, int(fps * time_interval))
+
+
+def pai_interval_indices(num_frames: int, fps: float,
+                         time_interval: float = PAI_TIME_INTERVAL) -> tuple[list[int], float]:
+    """Pai-Megatron-Patch's ``build_llava_frame_dataset.py --time-interval``: of the
+    ``num_frames`` decoded frames (in order, whatever their timestamps), keep every
+    ``step``-th from frame 0 (:func:`pai_interval_step`), the last one only when it falls
+    on the step; the rate is ``fps / step``, the float Pai writes to the folder's fps JSON
+    (``str`` of it, read back with ``float``: the same number).
+
+    >>> pai_interval_indices(75, 25.0)
+    ([0, 12, 24, 36, 48, 60, 72], 2.0833333333333335)
+    """
+    step = pai_interval_step(fps, time_interval)
+    return list(range(0, max(0, num_frames), step)), float(fps) / step
 
 
 def t2vid_indices(n: int, max_frames: int) -> list[int]:
