@@ -19,7 +19,15 @@ Every tensor comes from the processor. A sample the processor rejects, or one wh
 truncation would cut into its image tokens (the model would refuse the batch), is
 dropped with a counted, logged reason, and the batch is made of the others; a batch with
 nothing left is ``None`` (skip it). ``emit_drops=True`` adds ``batch["dropped"]``, a list
-of :class:`mmstream.types.Drop` (pop it before ``model(**batch)``).
+of :class:`mmstream.types.Drop` with the stream's own drops
+(``StreamingDataset(cfg, emit_drops=True)``) among them; pop it before ``model(**batch)``
+(a batch of drops alone is then just ``{"dropped": [...]}``)::
+
+    for batch in loader:
+        drops = batch.pop("dropped", []) if batch is not None else []
+        if batch is None or "input_ids" not in batch:
+            continue
+        loss = model(**batch).loss
 """
 from __future__ import annotations
 
