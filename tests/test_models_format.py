@@ -114,7 +114,7 @@ def test_idefics3_record_and_collator_view():
             {"role": "user", "content": [{"type": "image"}, {"type": "image"},
                                          {"type": "text", "text": "Describe this clip."}]},
             {"role": "assistant", "content": [{"type": "text", "text": "A dog runs on a beach."}]},
-            {"role": "user", "content": [{"type": "text", "text": "What colour is the dog?\n"}]},
+            {"role": "user", "content": [{"type": "text", "text": "What colour is the dog?"}]},
             {"role": "assistant", "content": [{"type": "text", "text": "It is brown."}]}],
         "images": ["sg-000017/00000.jpg", "sg-000017/00001.jpg"]})
 

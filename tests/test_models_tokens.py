@@ -18,6 +18,7 @@ from mmstream.models import get_model, model_names
 from mmstream.models.idefics3 import Idefics3, idefics3_tiles
 from mmstream.models.minicpmv import minicpmv_slice_grid
 from mmstream.models.qwen2vl import qwen_grid_thw, smart_resize
+from hf_compat import pil_image_processor
 from tiny_tok import make_tokenizer
 
 IDEFICS3_SPECIALS = (["<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
@@ -130,9 +131,9 @@ def idefics3_tokenizer(tmp_path_factory):
 
 def processor_image_tokens(tokenizer, width, height, splitting, longest_edge=1456):
     from transformers import Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-    ip = Idefics3ImageProcessorPil(do_image_splitting=splitting, size={"longest_edge": longest_edge})
+    ip = pil_image_processor("idefics3", "Idefics3ImageProcessor", do_image_splitting=splitting,
+                             size={"longest_edge": longest_edge})
     proc = Idefics3Processor(image_processor=ip, tokenizer=tokenizer)
     out = proc(text=["what <image> is"], images=[[Image.new("RGB", (width, height), (90, 30, 200))]])
     image_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -190,9 +191,7 @@ QWEN_IMAGE_CASES = [
 
 @pytest.mark.parametrize("width,height,min_pixels,max_pixels", QWEN_IMAGE_CASES)
 def test_qwen_image_grid_matches_processor(width, height, min_pixels, max_pixels):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    ip = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    ip = pil_image_processor("qwen2_vl", "Qwen2VLImageProcessor", min_pixels=min_pixels, max_pixels=max_pixels)
     grid = ip(images=[Image.new("RGB", (width, height))])["image_grid_thw"].tolist()[0]
     assert list(qwen_grid_thw(1, width, height, min_pixels, max_pixels)) == grid
     m = model("qwen2-vl", min_pixels=min_pixels, max_pixels=max_pixels)
@@ -239,12 +238,13 @@ def test_other_families_keep_frame_counts():
 
 @pytest.mark.parametrize("splitting", [False, True])
 def test_idefics3_chat_template_total_matches_processor(tmp_path, splitting):
-    """The whole templated sequence, as T2Vid's collator builds it, counted by the real
-    processor: every image expanded (tiles, row tags, newlines, global image)."""
+    """The whole templated sequence, as T2Vid's collator builds it (the rendered text
+    stripped), counted by the real processor: every image expanded (tiles, row tags,
+    newlines, global image)."""
     from transformers import AutoTokenizer, Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     from mmstream.models import media_shapes
+    from mmstream.models.idefics3 import finish_text
     from mmstream.types import MediaPlan, MediaRef, Record, Turn
     from tiny_tok import LIST_TEMPLATE
 
@@ -260,10 +260,11 @@ def test_idefics3_chat_template_total_matches_processor(tmp_path, splitting):
     tokens = m.count_tokens(rec, model_record, media_shapes([plan]))
 
     tok = AutoTokenizer.from_pretrained(path)
-    proc = Idefics3Processor(image_processor=Idefics3ImageProcessorPil(do_image_splitting=splitting), tokenizer=tok)
-    text = tok.apply_chat_template(Idefics3.collator_view(model_record)["messages"], tokenize=False)
+    ip = pil_image_processor("idefics3", "Idefics3ImageProcessor", do_image_splitting=splitting)
+    proc = Idefics3Processor(image_processor=ip, tokenizer=tok)
+    text = finish_text(tok.apply_chat_template(Idefics3.collator_view(model_record)["messages"], tokenize=False))
     frame = Image.new("RGB", (640, 360), (10, 200, 30))
-    ids = proc(text=[text], images=[[frame, frame]], add_special_tokens=False)["input_ids"][0]
+    ids = proc(text=[text], images=[[frame, frame]])["input_ids"][0]
     image_id = tok.convert_tokens_to_ids("<image>")
     assert tokens["total"] == len(ids)
     assert tokens["visual"] == sum(1 for i in ids if i == image_id) == 2 * (13 if splitting else 1) * 169

@@ -4,6 +4,14 @@
     rec = model.format(record, [24])           # same JSON as MiniCPM-V
     view = model.collator_view(rec)            # {"messages": [...], "images": [...]}
 
+The sequence T2Vid's Idefics3 collator trains on (REFERENCE 6): the ``<image_NN>`` tags
+removed and every turn's text stripped, the images at the start of the first user turn,
+the chat template rendered and the **rendered text stripped**, so no newline follows
+the last ``<end_of_utterance>`` (option ``strip_text``, default true; false keeps it,
+as TRL's Idefics3/SmolVLM SFT example trains), then tokenized by the processor with the
+tokenizer's special tokens added (option ``add_special_tokens``, default true here: the
+Llama-3 tokenizer adds a BOS in front of the template's own).
+
 Visual tokens per image: 169 per 364x364 tile. Unsplit (T2Vid,
 ``do_image_splitting=False``): every frame is squashed to 364x364, 169 tokens. Split:
 the long side is resized to ``longest_edge`` (upscaling too), the short side keeps
@@ -13,7 +21,6 @@ R x C tiles plus one global image: 169 x (R*C + 1); a 1 x 1 result is not split.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Sequence
 
 from ..errors import MEDIA_TAG_MISMATCH, ConfigError, SampleError
@@ -30,7 +37,6 @@ IMAGE_TOKEN = "<image>"
 FAKE_TOKEN = "<fake_token_around_image>"
 GLOBAL_TOKEN = "<global-img>"
 ROW_COL_TOKEN = "<row_{}_col_{}>"
-COLLATOR_KEY_RE = re.compile(IMAGE_KEY_RE.pattern + r"\n?")
 
 
 def idefics3_resize(width: int, height: int, longest_edge: int = DEFAULT_LONGEST_EDGE) -> tuple[int, int]:
@@ -83,15 +89,29 @@ def idefics3_image_tokens(width: int, height: int, splitting: bool,
     return TOKENS_PER_TILE * (tiles + 1 if tiles > 1 else 1)
 
 
+def finish_text(rendered: str, strip_text: bool = True) -> str:
+    """The rendered conversation as the processor gets it: T2Vid strips it (the template's
+    final newline goes); ``strip_text=False`` leaves the template's text as it is."""
+    return rendered.strip() if strip_text else rendered
+
+
 class Idefics3(Model):
     names = ("idefics3",)
     output_format = "minicpmv"
     OPTIONS: dict[str, Any] = {
         "image_splitting": False,  # do_image_splitting; T2Vid finetunes with False
         "longest_edge": DEFAULT_LONGEST_EDGE,  # size.longest_edge of the image processor
+        # chat_template mode: strip the rendered conversation as T2Vid's collator does (no
+        # newline after the last <end_of_utterance>); false counts the template's text as is
+        "strip_text": True,
+        # the processor tokenizes the rendered text with the tokenizer's special tokens
+        # (T2Vid's collator, transformers' default): count them too
+        "add_special_tokens": True,
     }
 
     def check_options(self) -> None:
+        if not isinstance(self.options["strip_text"], bool):
+            raise ConfigError(f"model.options.strip_text: must be true or false (got {self.options['strip_text']!r})")
         edge = self.options["longest_edge"]
         if not isinstance(edge, int) or not TILE_SIZE <= edge <= MAX_GRID * TILE_SIZE:
             raise ConfigError(f"model.options.longest_edge: must be an integer in "
@@ -107,16 +127,14 @@ class Idefics3(Model):
 
     @staticmethod
     def collator_view(model_record: dict) -> dict[str, Any]:
-        """What T2Vid's Idefics3 collator makes of the record: ``<image_NN>`` tags (and
-        the newline after each) stripped, every image at the start of the first user
-        turn, content as lists of ``{"type": "image"}`` / ``{"type": "text"}`` items
-        ready for the chat template. ``images`` are the paths in order."""
+        """What T2Vid's Idefics3 collator makes of the record: the ``<image_NN>`` tags
+        removed and every turn's text stripped, every image at the start of the first
+        user turn, content as lists of ``{"type": "image"}`` / ``{"type": "text"}``
+        items ready for the chat template. ``images`` are the paths in order."""
         images = list((model_record.get("image") or {}).values())
         messages, placed = [], False
         for turn in model_record["conversations"]:
-            text = turn["content"]
-            if IMAGE_KEY_RE.search(text):
-                text = COLLATOR_KEY_RE.sub("", text).strip()
+            text = IMAGE_KEY_RE.sub("", turn["content"]).strip()
             content: list[dict] = []
             if turn["role"] == "user" and not placed:
                 content = [{"type": "image"} for _ in images]
@@ -167,7 +185,7 @@ class Idefics3(Model):
         view = self.collator_view(model_record)
         if len(view["images"]) != len(sizes):
             raise ValueError(f"{len(view['images'])} images in the record, {len(sizes)} in the shapes")
-        parts = self.render_template(view["messages"]).split(IMAGE_TOKEN)
+        parts = finish_text(self.render_template(view["messages"]), self.options["strip_text"]).split(IMAGE_TOKEN)
         if len(parts) - 1 != len(sizes):
             raise SampleError(MEDIA_TAG_MISMATCH, f"the templated text holds {len(parts) - 1} {IMAGE_TOKEN} "
                               f"for {len(sizes)} images (a literal {IMAGE_TOKEN} in the text?)")
@@ -177,5 +195,5 @@ class Idefics3(Model):
         return "".join(out)
 
 
-__all__ = ["Idefics3", "idefics3_resize", "idefics3_tiles", "idefics3_image_tokens", "TILE_SIZE",
+__all__ = ["Idefics3", "finish_text", "idefics3_resize", "idefics3_tiles", "idefics3_image_tokens", "TILE_SIZE",
            "TOKENS_PER_TILE", "DEFAULT_LONGEST_EDGE"]
