@@ -46,6 +46,16 @@ PAGES = [{"context": "The keeper climbed the stairs and wrote the weather into a
 KEPT = {f"mm-{i:08d}" for i in range(5)} | {"pages-00000000"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models gain nothing from threads; two of them beside two DataLoader workers on two
+    cores spin-wait (a step took 60x longer)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("qa")

@@ -31,7 +31,8 @@ Both carry ``pixel_values`` / ``image_grid_thw``, ``pixel_values_videos`` /
 vision tower's dtype), ``mm_token_type_ids``, ``second_per_grid_ts`` (Qwen2.5-VL, the
 processor's 2 / fps), and bookkeeping: ``keys`` (samples kept, in order) and ``dropped``
 (``{"key", "reason", "message"}`` for each sample the processor rejected or whose tokens
-disagreed with mmstream's count; logged too; ``strict=True`` raises instead).
+disagreed with mmstream's count; logged too; ``strict=True`` raises instead; with
+``StreamingDataset(config, emit_drops=True)`` the stream's own drops are listed there too).
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from mmstream.errors import SampleError
+from mmstream.pack import Pack
+from mmstream.types import Drop, Sample
 
 from .encode import IGNORE_INDEX, SampleEncoder
 from .rope import RopeIndex
@@ -87,10 +90,16 @@ class Qwen2VLCollator:
         self.strict = strict
 
     def __call__(self, item: Any) -> dict[str, Any]:
-        packed = hasattr(item, "samples") and hasattr(item, "offsets")
-        samples = list(item.samples) if packed else ([item] if hasattr(item, "clips") else list(item))
+        packed = isinstance(item, Pack)
+        if packed:
+            samples = list(item.samples)
+        else:
+            samples = [item] if isinstance(item, (Sample, Drop)) else list(item)
         encoded, dropped = [], []
         for sample in samples:
+            if isinstance(sample, Drop):  # the stream's own drops (StreamingDataset(emit_drops=True))
+                dropped.append({"key": sample.key, "reason": sample.reason, "message": sample.message})
+                continue
             try:
                 encoded.append(self.encoder(sample))
             except SampleError as exc:
