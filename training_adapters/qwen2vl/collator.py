@@ -56,6 +56,21 @@ MODEL_KEYS = ("input_ids", "attention_mask", "labels", "position_ids", "mm_token
               "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
+#: transformers 5 brought what the adapter uses: the processors' ``mm_token_type_ids`` and
+#: per-modality call kwargs, ``get_rope_index(input_ids, mm_token_type_ids, ...)``, the video
+#: processor's ``cap_pixels_per_frame``, packed ``position_ids`` with a text row (tested: 5.25.0)
+MIN_TRANSFORMERS = 5
+
+
+def require_transformers() -> None:
+    from importlib.metadata import version
+
+    have = version("transformers")
+    if int(have.split(".")[0]) < MIN_TRANSFORMERS:
+        raise ImportError(f"training_adapters.qwen2vl needs transformers >= {MIN_TRANSFORMERS} (tested with 5.25.0); "
+                          f"this environment has {have}")
+
+
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """The model's keyword arguments from a collated batch (``use_cache=False`` for packs)."""
     out = {k: batch[k] for k in MODEL_KEYS if k in batch}
@@ -74,6 +89,7 @@ class Qwen2VLCollator:
     mRoPE ids: merge size, Qwen2.5-VL's ``tokens_per_second``)."""
 
     def __init__(self, processor: Any, model: Any, hf_config: Any, *, strict: bool = False):
+        require_transformers()
         if model.name not in ("qwen2-vl", "qwen2.5-vl"):
             raise ValueError(f"Qwen2VLCollator needs a qwen2-vl / qwen2.5-vl model, got {model.name!r}")
         self.encoder = SampleEncoder(processor, model)
