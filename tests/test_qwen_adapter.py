@@ -119,13 +119,16 @@ def test_padded_batches_train_the_real_model_in_two_workers(setup, family):
     ds, model, collate = fam[family]
     model.train()
     loader = StatefulDataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate)
-    keys, vision_grads = [], 0
+    keys, vision_grads, padded = [], 0, 0
     for batch in loader:
         assert batch["dropped"] == []
         assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
         assert batch["position_ids"].shape == (3, *batch["input_ids"].shape)
         assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()  # padding is masked
-        assert (batch["input_ids"][:, -1] == tok.pad_token_id).any() or batch["attention_mask"].all()  # right side
+        mask = batch["attention_mask"]
+        assert torch.equal(mask, mask.cummin(dim=1).values)  # right padding: each row's ones come first
+        assert (batch["input_ids"][mask == 0] == tok.pad_token_id).all()
+        padded += int((mask == 0).any())
         forward_backward(model, batch)
         vision_grads += sum(int(p.grad.abs().sum() > 0) for p in model.model.visual.parameters() if p.grad is not None)
         if family == "qwen2.5-vl" and "video_grid_thw" in batch:
@@ -133,6 +136,7 @@ def test_padded_batches_train_the_real_model_in_two_workers(setup, family):
         keys += batch["keys"]
     assert sorted(keys) == sorted(KEPT)  # the long record was dropped by the length filter, the rest kept
     assert vision_grads > 0  # gradients reach the vision tower through the placeholder tokens
+    assert padded  # some batch mixed lengths
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -172,6 +176,25 @@ def test_each_sample_in_a_pack_has_its_loss_alone(setup, data, family):
         forward_backward(model, batch)
         n += len(batch["keys"])
     assert n == len(KEPT)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padding_does_not_change_a_samples_loss(setup, family):
+    _, fam = setup
+    ds, model, collate = fam[family]
+    model.eval()
+    samples = list(ds)[:4]
+    batch = collate(samples)
+    assert len(set(batch["attention_mask"].sum(1).tolist())) > 1  # rows of different lengths
+    with torch.no_grad():
+        logits = model(**model_inputs(batch)).logits
+        for i, sample in enumerate(samples):
+            alone = collate([sample])
+            la, ka = token_losses(model(**model_inputs(alone)).logits[0], alone["labels"][0])
+            lp, kp = token_losses(logits[i], batch["labels"][i])
+            assert kp.sum() == ka.sum() > 0
+            assert abs(lp[kp].mean().item() - la[ka].mean().item()) < 1e-4, sample.key
+    model.train()
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -246,9 +269,26 @@ def test_a_sample_the_processor_disagrees_with_is_a_counted_drop(data, setup, tm
     assert [d["key"] for d in batch["dropped"]] == ["s-00000001"]
     assert batch["dropped"][0]["reason"] == COUNT_MISMATCH
     forward_backward(model, batch)
+    alone = collate([s for s in ds if s.key == "s-00000001"])  # a batch of only dropped samples: empty
+    assert alone["keys"] == [] and alone["input_ids"].numel() == 0 and len(alone["dropped"]) == 1
     strict = Qwen2VLCollator(make_processor("qwen2-vl", tok), ds.model, model.config, strict=True)
     with pytest.raises(Exception, match="s-00000001"):
         strict(list(ds))
+
+
+def test_the_collator_pickles_and_refuses_a_foreign_tokenizer(setup, data, tmp_path):
+    import pickle
+
+    from transformers import AutoTokenizer
+
+    tok, fam = setup
+    ds, model, collate = fam["qwen2.5-vl"]
+    again = pickle.loads(pickle.dumps(collate))  # a spawned worker gets it pickled
+    sample = next(iter(ds))
+    assert torch.equal(again([sample])["position_ids"], collate([sample])["position_ids"])
+    other = AutoTokenizer.from_pretrained(tiny_tokenizer(tmp_path / "other", ["a different vocabulary"]))
+    with pytest.raises(ValueError, match="not the stream's"):
+        Qwen2VLCollator(make_processor("qwen2.5-vl", other), ds.model, model.config)
 
 
 def test_the_template_is_chatml(data):

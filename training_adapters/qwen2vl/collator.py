@@ -100,6 +100,11 @@ class Qwen2VLCollator:
         for name, have in (("image_token_id", processor.image_token_id), ("video_token_id", processor.video_token_id)):
             if getattr(cfg, name, have) != have:
                 raise ValueError(f"hf_config.{name} = {getattr(cfg, name)} but the tokenizer's is {have}")
+        mine, theirs = model.tokenizer, processor.tokenizer
+        specials = model.placeholder_tokens()
+        if len(mine) != len(theirs) or mine.convert_tokens_to_ids(specials) != theirs.convert_tokens_to_ids(specials):
+            raise ValueError(f"the processor's tokenizer ({len(theirs)} tokens) is not the stream's "
+                             f"model.tokenizer {model.tokenizer_name!r} ({len(mine)} tokens): counts would disagree")
         self.pad_id = processor.tokenizer.pad_token_id
         if self.pad_id is None:
             raise ValueError("the tokenizer has no pad token (Qwen's is <|endoftext|>)")
