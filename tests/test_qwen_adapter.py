@@ -276,7 +276,7 @@ def test_a_sample_the_processor_disagrees_with_is_a_counted_drop(data, setup, tm
         strict(list(ds))
 
 
-def test_the_collator_pickles_and_refuses_a_foreign_tokenizer(setup, data, tmp_path):
+def test_the_collator_pickles_casts_pixels_and_refuses_a_foreign_tokenizer(setup, data, tmp_path):
     import pickle
 
     from transformers import AutoTokenizer
@@ -286,6 +286,10 @@ def test_the_collator_pickles_and_refuses_a_foreign_tokenizer(setup, data, tmp_p
     again = pickle.loads(pickle.dumps(collate))  # a spawned worker gets it pickled
     sample = next(iter(ds))
     assert torch.equal(again([sample])["position_ids"], collate([sample])["position_ids"])
+    half = Qwen2VLCollator(make_processor("qwen2.5-vl", tok), ds.model, model.config, pixel_dtype=torch.bfloat16)
+    video = next(s for s in ds if s.key == "mm-00000000")
+    a, b = half([video])["pixel_values_videos"], collate([video])["pixel_values_videos"]
+    assert a.dtype == torch.bfloat16 and b.dtype == torch.float32 and torch.equal(a, b.to(torch.bfloat16))
     other = AutoTokenizer.from_pretrained(tiny_tokenizer(tmp_path / "other", ["a different vocabulary"]))
     with pytest.raises(ValueError, match="not the stream's"):
         Qwen2VLCollator(make_processor("qwen2.5-vl", other), ds.model, model.config)

@@ -27,8 +27,9 @@ boundaries for other kernels. Each sample's first label is -100, so no loss cros
 boundary.
 
 Both carry ``pixel_values`` / ``image_grid_thw``, ``pixel_values_videos`` /
-``video_grid_thw`` (float32 pixel values from the processor; the model casts them to its
-vision tower's dtype), ``mm_token_type_ids``, ``second_per_grid_ts`` (Qwen2.5-VL, the
+``video_grid_thw`` (the processor's float32 pixel values; the model casts them to its
+vision tower's dtype, so ``pixel_dtype=torch.bfloat16`` for a bf16 tower gives it the same
+values and halves what crosses from the workers), ``mm_token_type_ids``, ``second_per_grid_ts`` (Qwen2.5-VL, the
 processor's 2 / fps), and bookkeeping: ``keys`` (samples kept, in order) and ``dropped``
 (``{"key", "reason", "message"}`` for each sample the processor rejected or whose tokens
 disagreed with mmstream's count; logged too; ``strict=True`` raises instead; with
@@ -37,7 +38,7 @@ disagreed with mmstream's count; logged too; ``strict=True`` raises instead; wit
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -88,7 +89,8 @@ class Qwen2VLCollator:
     docstring. ``hf_config``: the model's config object or checkpoint folder (for the
     mRoPE ids: merge size, Qwen2.5-VL's ``tokens_per_second``)."""
 
-    def __init__(self, processor: Any, model: Any, hf_config: Any, *, strict: bool = False):
+    def __init__(self, processor: Any, model: Any, hf_config: Any, *, strict: bool = False,
+                 pixel_dtype: Optional[torch.dtype] = None):
         require_transformers()
         if model.name not in ("qwen2-vl", "qwen2.5-vl"):
             raise ValueError(f"Qwen2VLCollator needs a qwen2-vl / qwen2.5-vl model, got {model.name!r}")
@@ -109,6 +111,7 @@ class Qwen2VLCollator:
         if self.pad_id is None:
             raise ValueError("the tokenizer has no pad token (Qwen's is <|endoftext|>)")
         self.strict = strict
+        self.pixel_dtype = pixel_dtype
 
     def __call__(self, item: Any) -> dict[str, Any]:
         packed = isinstance(item, Pack)
@@ -133,14 +136,17 @@ class Qwen2VLCollator:
         return batch
 
     # -- assembling ------------------------------------------------------------------------
-    @staticmethod
-    def _media(encoded: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def _media(self, encoded: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
                      "second_per_grid_ts"):
             parts = [e[name] for e in encoded if name in e]
             if parts:
                 out[name] = torch.cat(parts)
+        if self.pixel_dtype is not None:
+            for name in ("pixel_values", "pixel_values_videos"):
+                if name in out:
+                    out[name] = out[name].to(self.pixel_dtype)
         return out
 
     def _rope(self, input_ids, types, media, attention_mask=None) -> torch.Tensor:
