@@ -18,9 +18,9 @@ adapter's time per sample in the workers (wall and CPU, ms: the processor's resi
 normalise and patchify, the tokenizer, the count checks, the mRoPE ids and padding) next to
 the stream's decode time per sample (the ``decode`` stage) and their ratio.
 
-Families are entries of :data:`FAMILIES`: a function ``(config path, family, work dir) ->
-(config dict, collate)``. Qwen2-VL and Qwen2.5-VL are here; Idefics3's entry goes next to
-them (its adapter lives in ``training_adapters/idefics3``).
+Families are entries of :data:`FAMILIES`: a function ``(config path, family, work dir,
+pixel_dtype) -> (config dict, make_collate(mmstream model))``. Qwen2-VL and Qwen2.5-VL are
+here; Idefics3's entry goes next to them (its adapter lives in ``training_adapters/idefics3``).
 """
 from __future__ import annotations
 
@@ -73,8 +73,9 @@ def raw_config(path: str) -> dict:
     return cfg
 
 
-def qwen_family(config: str, family: str, work: str) -> tuple[dict, Callable]:
+def qwen_family(config: str, family: str, work: str, pixel_dtype: Optional[str] = None) -> tuple[dict, Callable]:
     """Qwen2-VL / Qwen2.5-VL: the model in chat_template mode, the processor's defaults."""
+    import torch
     from transformers import AutoTokenizer
 
     from training_adapters.qwen2vl import Qwen2VLCollator, make_processor
@@ -87,13 +88,14 @@ def qwen_family(config: str, family: str, work: str) -> tuple[dict, Callable]:
     tok = AutoTokenizer.from_pretrained(tok_dir)
 
     def make_collate(model) -> Callable:
-        return Qwen2VLCollator(make_processor(family, tok), model, tiny_config(family, tok))
+        return Qwen2VLCollator(make_processor(family, tok), model, tiny_config(family, tok),
+                               pixel_dtype=getattr(torch, pixel_dtype) if pixel_dtype else None)
 
     return cfg, make_collate
 
 
-#: family -> (config path, family, work dir) -> (config dict, make_collate(mmstream model))
-FAMILIES: dict[str, Callable[[str, str, str], tuple[dict, Callable]]] = {
+#: family -> (config path, family, work dir, pixel_dtype) -> (config dict, make_collate(mmstream model))
+FAMILIES: dict[str, Callable[..., tuple[dict, Callable]]] = {
     "qwen2-vl": qwen_family,
     "qwen2.5-vl": qwen_family,
 }
@@ -156,7 +158,7 @@ def run(cfg: dict, collate: TimedCollate, workers: int, batch_size: int, samples
 
 
 def bench_family(config: str, family: str, args: argparse.Namespace, work: str) -> dict:
-    cfg, make_collate = FAMILIES[family](config, family, work)
+    cfg, make_collate = FAMILIES[family](config, family, work, args.pixel_dtype)
     from mmstream.models import get_model
 
     model = get_model(load_config(cfg).model)
@@ -165,7 +167,7 @@ def bench_family(config: str, family: str, args: argparse.Namespace, work: str) 
     n = max(with_["samples"], 1)
     decode_ms = 1000 * without["stages_s"].get("decode", 0.0) / max(without["samples"], 1)
     adapter_ms = 1000 * with_["adapter_s"] / n
-    return {"family": family, "workers": args.workers, "batch_size": args.batch_size,
+    return {"family": family, "workers": args.workers, "batch_size": args.batch_size, "pixel_dtype": args.pixel_dtype,
             "without": without, "with": with_,
             "rate_ratio": round(with_["samples_per_s"] / max(without["samples_per_s"], 1e-9), 3),
             "adapter_ms_per_sample": round(adapter_ms, 1),
@@ -181,6 +183,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--samples", type=int, default=None, help="stop each run after this many samples")
+    p.add_argument("--pixel-dtype", default=None, choices=["bfloat16", "float16"],
+                   help="cast pixel values in the workers (default: the processor's float32)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     families = [f for f in args.families.split(",") if f]
