@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -93,14 +93,8 @@ class SampleEncoder:
         self.model = model
         self.images_kwargs, self.videos_kwargs = resize_kwargs(model)
         self.family = model.name
-        self._markers: Optional[tuple[str, str]] = None
-
-    @property
-    def markers(self) -> tuple[str, str]:
-        if self._markers is None:
-            self._markers = answer_markers(lambda m, gen: self.model.tokenizer.apply_chat_template(
-                m, tokenize=False, add_generation_prompt=gen))
-        return self._markers
+        self.markers = answer_markers(lambda m, gen: model.tokenizer.apply_chat_template(
+            m, tokenize=False, add_generation_prompt=gen))  # here: a template without them fails at start-up
 
     def __call__(self, sample: Any) -> dict[str, Any]:
         shapes = media_shapes(sample.clips)

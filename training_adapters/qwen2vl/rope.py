@@ -7,9 +7,9 @@ without the model's weights.
 
 ``get_rope_index`` is a method of ``Qwen2VLModel`` / ``Qwen2_5_VLModel`` that reads only the
 config (the vision tower's ``spatial_merge_size``, Qwen2.5-VL's ``tokens_per_second``).
-``RopeIndex`` builds that model object once per process on PyTorch's ``meta`` device (no
-weights are allocated: about 0.1-0.4 s for a 7B config) and calls it, so the position
-ids are the model's own, not a re-implementation.
+``RopeIndex`` builds that model object once, on PyTorch's ``meta`` device (no weights are
+allocated: about 0.1-0.4 s for a 7B config; forked DataLoader workers inherit it), and
+calls it, so the position ids are the model's own, not a re-implementation.
 """
 from __future__ import annotations
 
@@ -51,18 +51,17 @@ class RopeIndex:
         self.config = load_config(config)
         self.family = "qwen2.5-vl" if model_classes(self.config)[1].__name__.startswith("Qwen2_5") else "qwen2-vl"
         self._model = None
-        self._pid: Optional[int] = None
+        _ = self.model  # built here, so forked workers inherit it (weightless: nothing to share badly)
 
-    def __getstate__(self):  # a worker builds its own
-        return {**self.__dict__, "_model": None, "_pid": None}
+    def __getstate__(self):  # pickled (a spawned worker): rebuilt there on first use
+        return {**self.__dict__, "_model": None}
 
     @property
     def model(self):
-        if self._model is None or self._pid != os.getpid():
+        if self._model is None:
             base = model_classes(self.config)[1]
             with torch.device("meta"):
                 self._model = base(self.config)
-            self._pid = os.getpid()
         return self._model
 
     def __call__(self, input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor,
