@@ -106,3 +106,18 @@ def test_index_memory_script(tmp_path):
                  "--data", str(tmp_path), "--json")
     assert r["records"] == 3000 and r["groups"] == 400 and sum(r["worker_records"]) == 3000
     assert 0 < r["index_mb"] < 1 and all(m < 50 for m in r["worker_index_mb"])
+
+
+@requires_ffmpeg
+def test_adapter_bench_reports_both_rates_and_the_processor_cost(quick_data):
+    out, _ = quick_data
+    res = subprocess.run([sys.executable, os.path.join("benchmarks", "adapter_bench.py"), str(out / "epoch.yaml"),
+                          "--families", "qwen2.5-vl", "--workers", "1", "--samples", "2", "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (r,) = json.loads(res.stdout)["results"]
+    assert r["family"] == "qwen2.5-vl" and r["without"]["samples"] == r["with"]["samples"] == 2
+    assert r["without"]["dropped"] == r["with"]["dropped"] == {}  # every count agreed with the processor
+    assert r["without"]["samples_per_s"] > 0 and r["with"]["samples_per_s"] > 0 and r["rate_ratio"] > 0
+    assert r["adapter_ms_per_sample"] > 0 and r["adapter_cpu_ms_per_sample"] > 0 and r["decode_ms_per_sample"] > 0
+    assert r["without"]["adapter_s"] == 0 and r["with"]["stages_s"]["decode"] > 0

@@ -2,13 +2,14 @@
 
     python tests/reference/make_processor_reference.py        # writes tests/reference/processors.json
 
-transformers' Qwen2-VL video processor and qwen-vl-utils need torchvision, which does not
-import beside the CPU torch 2.13 that mmstream's tests run on. So this script runs once in
-a side environment that has it (here: ``python3 -m venv /work/tvenv && /work/tvenv/bin/pip
-install torch==2.14.1 torchvision==0.29.1 transformers==5.24.0 qwen-vl-utils==0.0.14
-decord==0.6.0 av pyyaml``, with this repository on ``PYTHONPATH``) and records, for every
-case, the inputs and the processor's answer. ``tests/test_processor_parity.py`` checks
-mmstream against the recording, and against the processors themselves where they import.
+It was run once, when transformers' Qwen2-VL video processor and qwen-vl-utils (they need
+torchvision) did not import beside the torch mmstream's tests then ran on, in a side
+environment (``torch==2.14.1 torchvision==0.29.1 transformers==5.24.0 qwen-vl-utils==0.0.14
+decord==0.6.0``, this repository on ``PYTHONPATH``), and records, for every case, the
+inputs and the processor's answer. The project's environment now has torchvision, so
+``tests/test_processor_parity.py`` asks the processors live and keeps this recording as a
+second check: mmstream against it on every case, the live processors against it too (a
+change upstream then shows as a difference from the recording).
 
 Cases: frame sizes (landscape, portrait, square, tiny) x frame counts (1, 2, 7, 8, 24, 33)
 through ``Qwen2VLVideoProcessor`` (its video limits; Pai's image limits; the per-frame cap
