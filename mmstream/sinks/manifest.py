@@ -51,7 +51,7 @@ WIDS_DESCRIPTOR = "wids.json"
 MAX_CHECK_THREADS = 8
 #: Private folder for lock files.
 STATE_DIR = ".mmstream"
-PACKAGES = ("mmstream", "torch", "torchdata", "numpy", "pillow", "webdataset", "megatron-energon",
+PACKAGES = ("mmstream", "torch", "torchdata", "numpy", "pillow", "webdataset", "wids", "megatron-energon",
             "transformers", "tokenizers", "av", "decord", "pyyaml")
 
 log = logging.getLogger(__name__)

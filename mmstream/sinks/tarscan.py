@@ -46,8 +46,10 @@ class UnsafeShard(MmstreamError):
         self.shard = shard
         self.member = member
         self.reason = reason
-        where = f"{shard}: member {member!r}" if member is not None else shard
-        super().__init__(f"{where}: {reason}; refused (nothing was read from it)")
+        if member is None:
+            super().__init__(f"{shard}: {reason}; refused")
+        else:
+            super().__init__(f"{shard}: member {member!r}: {reason}; refused (its bytes were not read)")
 
 
 @dataclass(frozen=True)
