@@ -106,3 +106,19 @@ def test_index_memory_script(tmp_path):
                  "--data", str(tmp_path), "--json")
     assert r["records"] == 3000 and r["groups"] == 400 and sum(r["worker_records"]) == 3000
     assert 0 < r["index_mb"] < 1 and all(m < 50 for m in r["worker_index_mb"])
+
+
+def test_resume_bench_small(tmp_path):
+    r = run_json(os.path.join("benchmarks", "resume_bench.py"), "--gb", "0.01", "--shard-mb", "2", "--repeat", "1",
+                 "--out", str(tmp_path / "cache"), "--json")
+    assert r["shards"] >= 4 and r["bytes"] > 0.009 * (1 << 30)
+    assert set(r["median_s"]) == {"resume_check", "read_once", "sha256_one_thread"}
+    assert all(v > 0 for v in r["median_s"].values()) and r["check_vs_read_once"] > 0
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cache_bench_writer_only(tmp_path):
+    r = run_json(os.path.join("benchmarks", "cache_bench.py"), "--writer-only", "--writer-samples", "5",
+                 "--repeat", "1", "--tree", f"a={ROOT}", "--tree", f"b={ROOT}", "--json")
+    assert r["same_shard_bytes"] and set(r["median_s"]) == {"a", "b"}
+    assert r["median_s"]["a"]["writer"] > 0 and r["median_s"]["a"]["cache"] is None
