@@ -90,8 +90,8 @@ def test_the_wids_descriptor_lists_every_shard_relative(cache):
     m = json.loads((cache / "manifest.json").read_text())
     desc = json.loads((cache / "wids.json").read_text())
     assert desc["wids_version"] == 1
-    assert desc["shardlist"] == [{"url": s["name"], "nsamples": s["count"], "filesize": s["bytes"]}
-                                 for s in m["shards"]]
+    assert desc["shardlist"] == [{"url": s["name"], "nsamples": s["count"], "filesize": s["bytes"],
+                                  "sha256": s["sha256"]} for s in m["shards"]]
     assert m["trainer"]["wids"] == "wids.json"
 
 

@@ -10,7 +10,8 @@ A rerun skips exactly those keys. When every rank is complete::
 
 Trainer metadata: ``.nv-meta/`` from energon's own ``prepare`` (megatron), the T2Vid
 JSON list ``data.json`` (``files`` layout), and beside every tar cache a wids shard list
-``wids.json`` (``wids_version``, ``shardlist`` of relative ``url`` + ``nsamples``), so
+``wids.json`` (``wids_version``, ``shardlist`` of relative ``url`` + ``nsamples``, and
+``filesize`` + ``sha256``, which wids ignores), so
 that ``wids.ShardListDataset("<out>/wids.json")`` opens the cache as it is.
 
 A rerun trusts a completed shard only when its bytes are still those the manifest
@@ -343,8 +344,8 @@ def wids_descriptor(manifest: dict[str, Any]) -> dict[str, Any]:
     """The wids shard list of a tar cache: shard URLs relative to the descriptor."""
     prefix = manifest["config"].get("output", {}).get("options", {}) or {}
     return {"wids_version": 1, "name": str(prefix.get("shard_prefix") or manifest.get("format") or "mmstream"),
-            "shardlist": [{"url": s["name"], "nsamples": int(s["count"]), "filesize": int(s["bytes"])}
-                          for s in manifest["shards"] if s["name"].endswith(".tar")]}
+            "shardlist": [{"url": s["name"], "nsamples": int(s["count"]), "filesize": int(s["bytes"]),
+                           "sha256": s["sha256"]} for s in manifest["shards"] if s["name"].endswith(".tar")]}
 
 
 def write_wids_descriptor(directory: str, manifest: dict[str, Any]) -> dict[str, Any]:

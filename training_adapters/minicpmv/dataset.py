@@ -85,16 +85,16 @@ def _exists(path: str, conf) -> bool:
 
 def shard_list(source: Union[PathLike, Sequence[PathLike]],
                storage_options: Optional[dict] = None) -> list[dict[str, Any]]:
-    """``[{"url", "nsamples", "bytes"}]`` of a cache: its ``wids.json`` (or a wids
-    descriptor named directly), else its ``manifest.json``, else the ``*.tar`` of a
-    local folder; a single tar or a list of tars. ``nsamples``/``bytes`` are None where
-    nothing lists them (the shard's own headers are then counted)."""
+    """``[{"url", "nsamples", "bytes", "sha256"}]`` of a cache: its ``wids.json`` (or a
+    wids descriptor named directly), else its ``manifest.json``, else the ``*.tar`` of a
+    local folder; a single tar or a list of tars. The values are None where nothing
+    lists them (a shard's own headers are then counted)."""
     conf = storage.settings(StorageConfig(options=dict(storage_options or {})))
     if not isinstance(source, (str, os.PathLike)):
-        return [{"url": os.fspath(p), "nsamples": None, "bytes": None} for p in source]
+        return [{"url": os.fspath(p), "nsamples": None, "bytes": None, "sha256": None} for p in source]
     source = storage.local_path(os.fspath(source))
     if source.endswith(".tar"):
-        return [{"url": source, "nsamples": None, "bytes": None}]
+        return [{"url": source, "nsamples": None, "bytes": None, "sha256": None}]
     if source.endswith(".json"):
         desc, base = source, source.rsplit("/", 1)[0] if storage.is_url(source) else os.path.dirname(source)
     else:
@@ -104,17 +104,18 @@ def shard_list(source: Union[PathLike, Sequence[PathLike]],
             manifest = _join(base, "manifest.json")
             if _exists(manifest, conf):
                 shards = _read_json(manifest, conf).get("shards", [])
-                return [{"url": _join(base, s["name"]), "nsamples": int(s["count"]), "bytes": int(s["bytes"])}
-                        for s in shards if s["name"].endswith(".tar")]
+                return [{"url": _join(base, s["name"]), "nsamples": int(s["count"]), "bytes": int(s["bytes"]),
+                         "sha256": s.get("sha256")} for s in shards if s["name"].endswith(".tar")]
             if storage.is_url(base):
                 raise FileNotFoundError(f"{storage.redact(base)} has neither {WIDS_DESCRIPTOR} nor manifest.json")
-            return [{"url": p, "nsamples": None, "bytes": None}
+            return [{"url": p, "nsamples": None, "bytes": None, "sha256": None}
                     for p in sorted(glob.glob(os.path.join(glob.escape(base), "*.tar")))]
     spec = _read_json(desc, conf)
     if not isinstance(spec, dict) or spec.get("wids_version") != 1 or not isinstance(spec.get("shardlist"), list):
         raise MmstreamError(f"{storage.redact(desc)} is not a wids shard list (wids_version 1, shardlist)")
     return [{"url": _join(base, s["url"]), "nsamples": int(s["nsamples"]),
-             "bytes": int(s["filesize"]) if s.get("filesize") is not None else None} for s in spec["shardlist"]]
+             "bytes": int(s["filesize"]) if s.get("filesize") is not None else None, "sha256": s.get("sha256")}
+            for s in spec["shardlist"]]
 
 
 def shard_paths(source: Union[PathLike, Sequence[PathLike]], storage_options: Optional[dict] = None) -> list[str]:
@@ -133,7 +134,7 @@ class _CheckedShards:
     checked first (:func:`mmstream.sinks.tarscan.shard_keys`), its sample count too.
 
     A bucket's shard is copied to ``cache_dir`` once (fsspec, shared by the processes
-    of a node). A local shard is opened where it is, through a link in a private
+    of a node; in a folder named by its sha256 when the shard list gives it). A local shard is opened where it is, through a link in a private
     folder: wids writes a lock file beside the name it is given, and a cache folder
     may be read-only.
     """
@@ -149,9 +150,10 @@ class _CheckedShards:
 
     def __call__(self, url: str) -> str:
         entry = self.shards[url]
-        if storage.is_url(url):
+        if storage.is_url(url):  # a copy per content (a rerun with --no-resume reuses shard names)
+            folder = os.path.join(self.cache_dir, entry["sha256"][:16]) if entry.get("sha256") else self.cache_dir
             with storage.using(None):
-                path = storage.cached_copy(url, self.conf, folder=self.cache_dir)
+                path = storage.cached_copy(url, self.conf, folder=folder)
         else:
             path = os.path.join(self._links, f"{self.order[url]:06d}-{os.path.basename(url)}")
             if not os.path.lexists(path):
