@@ -13,8 +13,9 @@ a committed shard, or dropped and recorded). A rerun first checks each completed
 bytes against the manifest (size and sha256, a ``files`` part's frame files too; a
 shard that differs is deleted and its samples are cached again: ``shards_redone`` in the
 summary), deletes this rank's leftover temporary files and any shard the manifest does
-not list (one renamed just before a kill), passes the covered keys to the dataset as ``skip_keys`` (skipped before any
-decode) and numbers new shards after the last committed one. So a run killed at any
+not list (one renamed just before a kill), passes the covered keys to the dataset as
+``skip_keys`` (skipped before any decode) and numbers new shards after the last
+committed one. So a run killed at any
 moment, even by ``kill -9``, and rerun with the same command ends with every kept
 sample exactly once.
 

@@ -145,13 +145,17 @@ class RemoteOutput:
         if not (same and os.path.isfile(path) and os.path.getsize(path) == s["bytes"]):
             self.download(s["name"])  # checked against the manifest's sha256 next (open_rank)
         if s["name"].startswith(PARTS_DIR + "/"):
-            with open(path, encoding="utf-8") as f:
-                for record in json.load(f):
-                    for rel in record_image_paths(record):
-                        local = os.path.join(self.local, rel)
-                        got = objects.get(rel)
-                        if got is not None and not (os.path.isfile(local) and os.path.getsize(local) == got.get("size")):
-                            self.download(rel)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    records = json.load(f)
+            except (OSError, ValueError):
+                return  # a damaged part: the check against the manifest redoes it
+            for record in records:
+                for rel in record_image_paths(record):
+                    local = os.path.join(self.local, rel)
+                    got = objects.get(rel)
+                    if got is not None and not (os.path.isfile(local) and os.path.getsize(local) == got.get("size")):
+                        self.download(rel)
 
     def gather(self) -> None:
         """Every rank's manifest and shards in the mirror (to finalize)."""

@@ -134,9 +134,9 @@ class _CheckedShards:
     checked first (:func:`mmstream.sinks.tarscan.shard_keys`), its sample count too.
 
     A bucket's shard is copied to ``cache_dir`` once (fsspec, shared by the processes
-    of a node; in a folder named by its sha256 when the shard list gives it). A local shard is opened where it is, through a link in a private
-    folder: wids writes a lock file beside the name it is given, and a cache folder
-    may be read-only.
+    of a node; in a folder named by its sha256 when the shard list gives it). A local
+    shard is opened where it is, through a link in a private folder: wids writes a lock
+    file beside the name it is given, and a cache folder may be read-only.
     """
 
     def __init__(self, shards: list[dict[str, Any]], storage_options: Optional[dict], cache_dir: Optional[str]):
