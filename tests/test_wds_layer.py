@@ -27,6 +27,8 @@ from training_adapters.minicpmv import MiniCPMVShards, MiniCPMVShardStream
 BUCKET = "shards"
 SECRET = "wds-layer-secret"
 
+pytestmark = pytest.mark.filterwarnings("ignore:String specifications for transformations")  # wids' default decoder
+
 
 def items(n=7):
     out = []
@@ -148,6 +150,16 @@ def test_the_adapter_reads_a_read_only_cache_without_writing_beside_it(cache, tm
     finally:
         os.chmod(ro, 0o755)
     assert sorted(os.listdir(ro)) == before
+
+
+def test_dataloader_workers_each_open_their_own_shards(cache):
+    import torch.utils.data
+
+    ds = MiniCPMVShards(str(cache))
+    first = ds[0]["key"]  # opened in this process before the workers fork
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, collate_fn=lambda x: x)
+    assert sorted(item["key"] for item in loader) == sorted(manifest_keys(cache))
+    assert ds[0]["key"] == first and ds[5]["key"] == manifest_keys(cache)[5]  # the parent's links are intact
 
 
 def test_a_list_of_tars_is_counted_from_its_headers(cache):

@@ -280,6 +280,10 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
         manifest.add_shard(info, pending)
         if remote is not None:
             remote.upload(os.path.basename(manifest.path))
+            # the object's ETag, looked up once the manifest is up (a kill meanwhile loses
+            # nothing): saved with the next manifest write; an entry without one is
+            # downloaded and checked on a resume
+            manifest.shards[-1]["etag"] = remote.etag(info.name)
         pending.clear()
         stats["shards"] += 1
         show()

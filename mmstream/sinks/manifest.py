@@ -195,8 +195,6 @@ class RankManifest:
                  "dropped": [_drop_entry(d) for d in drops]}
         if info.content_sha256 is not None:
             entry["content_sha256"] = info.content_sha256
-        if info.etag is not None:
-            entry["etag"] = info.etag
         self.shards.append(entry)
         self.save()
 

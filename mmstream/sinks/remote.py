@@ -9,7 +9,7 @@ manifest that lists it. A rerun after a kill, on this machine or another, first 
 the rank's manifest and the shards it lists back from the bucket, deletes shards in the
 bucket that no manifest lists (uploaded just before a kill), and goes on as a local
 resume does. The rerun trusts no byte it has not checked: after each upload the object's
-ETag is recorded in the shard's manifest entry, and a shard whose object in the bucket
+ETag is recorded in the shard's manifest entry (with the rank manifest's next write), and a shard whose object in the bucket
 no longer has that ETag (changed, rewritten, or uploaded by a run that did not record
 one) is downloaded again; the mirror's copy is then checked against the manifest's
 sha256 like a local shard, and a shard that differs is deleted from the bucket too and
@@ -97,15 +97,13 @@ class RemoteOutput:
 
     # -- the cache run --------------------------------------------------------------------
     def upload_shard(self, info) -> None:
-        """After a commit: the shard (a files-layout part: its frames first), under its final
-        name; ``info.etag`` becomes the uploaded object's ETag (the manifest records it)."""
+        """After a commit: the shard (a files-layout part: its frames first), under its final name."""
         if info.name.startswith(PARTS_DIR + "/"):
             with open(os.path.join(self.local, info.name), encoding="utf-8") as f:
                 for record in json.load(f):
                     for rel in record_image_paths(record):
                         self.upload(rel)
         self.upload(info.name)
-        info.etag = self.etag(info.name)
 
     def pull(self, rank: int) -> None:
         """Bring this rank's manifest back from the bucket, and each shard it lists unless

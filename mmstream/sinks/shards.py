@@ -78,7 +78,6 @@ class ShardInfo:
     bytes: int
     keys: list[str] = field(default_factory=list)
     content_sha256: Optional[str] = None  # files layout: hash over its frame files
-    etag: Optional[str] = None  # the object store's ETag of the uploaded shard (set on upload)
 
 
 class _HashingFile:
