@@ -121,3 +121,19 @@ def test_adapter_bench_reports_both_rates_and_the_processor_cost(quick_data):
     assert r["without"]["samples_per_s"] > 0 and r["with"]["samples_per_s"] > 0 and r["rate_ratio"] > 0
     assert r["adapter_ms_per_sample"] > 0 and r["adapter_cpu_ms_per_sample"] > 0 and r["decode_ms_per_sample"] > 0
     assert r["without"]["adapter_s"] == 0 and r["with"]["stages_s"]["decode"] > 0
+
+
+def test_resume_bench_small(tmp_path):
+    r = run_json(os.path.join("benchmarks", "resume_bench.py"), "--gb", "0.01", "--shard-mb", "2", "--repeat", "1",
+                 "--out", str(tmp_path / "cache"), "--json")
+    assert r["shards"] >= 4 and r["bytes"] > 0.009 * (1 << 30)
+    assert set(r["median_s"]) == {"resume_check", "read_once", "sha256_one_thread"}
+    assert all(v > 0 for v in r["median_s"].values()) and r["check_vs_read_once"] > 0
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cache_bench_writer_only(tmp_path):
+    r = run_json(os.path.join("benchmarks", "cache_bench.py"), "--writer-only", "--writer-samples", "5",
+                 "--repeat", "1", "--tree", f"a={ROOT}", "--tree", f"b={ROOT}", "--json")
+    assert r["same_shard_bytes"] and set(r["median_s"]) == {"a", "b"}
+    assert r["median_s"]["a"]["writer"] > 0 and r["median_s"]["a"]["cache"] is None

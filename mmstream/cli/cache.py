@@ -103,6 +103,9 @@ def format_summary(s: dict) -> str:
                      + ", ".join(f"{name} {n}" for name, n in s["records_read"].items()))
     if s["resumed"]:
         lines.append(f"  resumed: {s['already_done']} record(s) were already done")
+    if s.get("shards_redone"):
+        lines.append(f"  redone: {s['shards_redone']} completed shard(s) no longer matched the manifest "
+                     f"(deleted, their samples cached again; see the warnings)")
     lines.append(f"  manifest: {s['manifest']}" + ("" if s["finalized"] else
                                                   " (not finalized yet: other ranks pending, or --no-finalize)"))
     return "\n".join(lines)

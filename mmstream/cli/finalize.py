@@ -41,4 +41,6 @@ def run(args) -> int:
         print(f"energon {t['energon_version']} index in {t['meta_dir']}/, split (shards): {split}")
     elif t["kind"] == "json":
         print(f"T2Vid JSON list: {t['path']} ({t['count']} record(s), {t['image_paths']} image paths)")
+    if t.get("wids"):
+        print(f"wids shard list: {t['wids']} (wids.ShardListDataset opens it)")
     return 0

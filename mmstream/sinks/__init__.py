@@ -1,9 +1,11 @@
 """The last stage: cache the stream to shards that the finetune scripts read.
 
 ``run_cache`` drives it; ``formats`` turns a Sample into tar members or files;
-``shards`` writes them atomically; ``manifest`` records, merges (``finalize``) and
-checks (``verify``) what was written; ``energon`` has megatron-energon index the
-megatron shards.
+``shards`` writes them atomically (tars through webdataset's ``TarWriter``);
+``manifest`` records, merges (``finalize``) and checks (``verify``, and every resume)
+what was written; ``tarscan`` checks a shard's member headers before anything reads
+it; ``energon`` has megatron-energon index the megatron shards; ``remote`` mirrors a
+cache into a bucket.
 """
 from .atomic import WriteError
 from ..dist import resolve_rank

@@ -9,10 +9,13 @@ each :class:`~mmstream.types.Sample` for the configured output and hands it to a
 rotating, atomic shard writer. After every shard the rank's manifest is rewritten.
 
 Resuming (the default): the rank's manifest lists every key already covered (kept in
-a committed shard, or dropped and recorded). A rerun deletes this rank's leftover
-temporary files and any shard the manifest does not list (one renamed just before a
-kill), passes the covered keys to the dataset as ``skip_keys`` (skipped before any
-decode) and numbers new shards after the last committed one. So a run killed at any
+a committed shard, or dropped and recorded). A rerun first checks each completed shard's
+bytes against the manifest (size and sha256, a ``files`` part's frame files too; a
+shard that differs is deleted and its samples are cached again: ``shards_redone`` in the
+summary), deletes this rank's leftover temporary files and any shard the manifest does
+not list (one renamed just before a kill), passes the covered keys to the dataset as
+``skip_keys`` (skipped before any decode) and numbers new shards after the last
+committed one. So a run killed at any
 moment, even by ``kill -9``, and rerun with the same command ends with every kept
 sample exactly once.
 
@@ -205,7 +208,13 @@ def _run_cache(config, output_dir: str, workers: Optional[int], rank: Optional[i
     with mf.file_lock(out, f"rank-{rank}.lock", what=f"cache rank {rank}"):
         if remote is not None:
             remote.pull(rank)
-        manifest, resumed = open_rank(out, config, rank, world_size, resume=resume)
+        redone: list[dict[str, Any]] = []
+        manifest, resumed = open_rank(out, config, rank, world_size, resume=resume,
+                                      on_redo=lambda entry, problem: redone.append(entry))
+        if remote is not None and redone:  # the bucket: first a manifest that no longer lists them
+            remote.upload(os.path.basename(manifest.path))
+            for entry in redone:
+                remote.remove(entry["name"])
         before = manifest.counts()
         stats = {"kept": 0, "dropped": {}, "shards": 0}
         if not manifest.complete:
@@ -220,7 +229,7 @@ def _run_cache(config, output_dir: str, workers: Optional[int], rank: Optional[i
         "format": config.output.format, "layout": config.output.layout,
         "resumed": resumed, "already_done": before["kept"] + before["dropped_total"] if resumed else 0,
         "kept": counts["kept"], "dropped": counts["dropped"], "dropped_total": counts["dropped_total"],
-        "shards": counts["shards"],
+        "shards": counts["shards"], "shards_redone": len(redone),
         "kept_this_run": stats["kept"], "dropped_this_run": stats["dropped"], "shards_this_run": stats["shards"],
         "records_read": stats.get("records_read"),
         "elapsed_s": round(elapsed, 3),
@@ -271,6 +280,10 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
         manifest.add_shard(info, pending)
         if remote is not None:
             remote.upload(os.path.basename(manifest.path))
+            # the object's ETag, looked up once the manifest is up (a kill meanwhile loses
+            # nothing): saved with the next manifest write; an entry without one is
+            # downloaded and checked on a resume
+            manifest.shards[-1]["etag"] = remote.etag(info.name)
         pending.clear()
         stats["shards"] += 1
         show()
@@ -351,11 +364,16 @@ def manifest_config(config: Config) -> dict[str, Any]:
     return d
 
 
-def open_rank(out: str, config: Config, rank: int, world_size: int, *, resume: bool) -> tuple[mf.RankManifest, bool]:
+def open_rank(out: str, config: Config, rank: int, world_size: int, *, resume: bool,
+              on_redo: Optional[Callable[[dict[str, Any], str], None]] = None) -> tuple[mf.RankManifest, bool]:
     """Load (or start) this rank's manifest and clean up after an interrupted run.
 
-    Returns ``(manifest, resumed)``. Deletes this rank's temporary files and every file
-    that looks like one of its shards but is not listed (renamed just before a kill).
+    Returns ``(manifest, resumed)``. Every completed shard is checked against its entry
+    (:func:`~.manifest.check_shards`: size, sha256, a part's frame files); one that
+    differs is deleted and dropped from the manifest, so that its samples are cached
+    again, and ``on_redo(entry, what differs)`` is called. Deletes this rank's
+    temporary files and every file that looks like one of its shards but is not listed
+    (renamed just before a kill).
     """
     others = [m for m in mf.load_rank_manifests(out) if m.world_size != world_size]
     if others:
@@ -374,17 +392,17 @@ def open_rank(out: str, config: Config, rank: int, world_size: int, *, resume: b
     resumed = existing is not None
     manifest = existing or mf.RankManifest(out, rank, world_size, config_dict)
     listed = {s["name"] for s in manifest.shards}
-    # a listed shard that is gone or truncated is redone
+    # a listed shard whose bytes are not those its entry lists (gone, truncated, changed) is redone
     kept = []
-    for s in manifest.shards:
-        path = os.path.join(out, s["name"])
-        size = os.path.getsize(path) if os.path.isfile(path) else None
-        if size == s["bytes"]:
+    for s, problem in zip(manifest.shards, mf.check_shards(out, manifest.shards)):
+        if problem is None:
             kept.append(s)
-        else:
-            log.warning("%s: %s; its samples are cached again", path,
-                        "missing" if size is None else f"{size} bytes, expected {s['bytes']}")
-            remove_quietly(path)
+            continue
+        path = os.path.join(out, s["name"])
+        log.warning("%s: %s; deleted, its %d sample(s) are cached again", path, problem, s["count"])
+        remove_quietly(path)
+        if on_redo is not None:
+            on_redo(s, problem)
     if len(kept) != len(manifest.shards):
         manifest.shards = kept
         manifest.complete = False

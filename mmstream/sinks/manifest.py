@@ -9,8 +9,14 @@ A rerun skips exactly those keys. When every rank is complete::
     report = verify(out)       # re-reads every shard; report.ok is False on any change
 
 Trainer metadata: ``.nv-meta/`` from energon's own ``prepare`` (megatron), the T2Vid
-JSON list ``data.json`` (``files`` layout). ``wds`` shards of minicpmv/idefics3 need
-nothing besides the manifest.
+JSON list ``data.json`` (``files`` layout), and beside every tar cache a wids shard list
+``wids.json`` (``wids_version``, ``shardlist`` of relative ``url`` + ``nsamples``, and
+``filesize`` + ``sha256``, which wids ignores), so
+that ``wids.ShardListDataset("<out>/wids.json")`` opens the cache as it is.
+
+A rerun trusts a completed shard only when its bytes are still those the manifest
+lists (:func:`check_shards`: size, sha256, and the frame files of a ``files`` part),
+hashing the shards in parallel threads.
 """
 from __future__ import annotations
 
@@ -23,25 +29,30 @@ import logging
 import os
 import platform
 import re
-import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from ..errors import MmstreamError
 from ..types import Drop
 from . import energon
 from .atomic import WriteError, atomic_write, atomic_write_json, dump_json, makedirs
-from .shards import ShardInfo, read_tar_keys, record_image_paths, sha256_file, update_content_hash
+from .shards import ShardInfo, record_image_paths, sha256_file, update_content_hash
+from .tarscan import UnsafeShard, name_problem, shard_keys
 
 MANIFEST = "manifest.json"
 #: Format version of the manifest files (bump on incompatible change).
 MANIFEST_VERSION = 2  # 2: files-layout content hashes digest each frame file (frames shared by a group)
 #: Name of the JSON list the ``files`` layout's finetune scripts read (``--data_path``).
 DEFAULT_JSON_NAME = "data.json"
+#: The wids shard list written beside the manifest of every tar cache.
+WIDS_DESCRIPTOR = "wids.json"
+#: Threads that hash completed shards on a resume (hashlib releases the GIL).
+MAX_CHECK_THREADS = 8
 #: Private folder for lock files.
 STATE_DIR = ".mmstream"
-PACKAGES = ("mmstream", "torch", "torchdata", "numpy", "pillow", "webdataset", "megatron-energon",
+PACKAGES = ("mmstream", "torch", "torchdata", "numpy", "pillow", "webdataset", "wids", "megatron-energon",
             "transformers", "tokenizers", "av", "decord", "pyyaml")
 
 log = logging.getLogger(__name__)
@@ -327,10 +338,30 @@ def merge(directory: str, ranks: list[RankManifest]) -> dict[str, Any]:
     }
 
 
+def wids_descriptor(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The wids shard list of a tar cache: shard URLs relative to the descriptor."""
+    prefix = manifest["config"].get("output", {}).get("options", {}) or {}
+    return {"wids_version": 1, "name": str(prefix.get("shard_prefix") or manifest.get("format") or "mmstream"),
+            "shardlist": [{"url": s["name"], "nsamples": int(s["count"]), "filesize": int(s["bytes"]),
+                           "sha256": s["sha256"]} for s in manifest["shards"] if s["name"].endswith(".tar")]}
+
+
+def write_wids_descriptor(directory: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``wids.json``; returns what the manifest records of it."""
+    data = dump_json(wids_descriptor(manifest), indent=1)
+    atomic_write(os.path.join(directory, WIDS_DESCRIPTOR), lambda f: f.write(data))
+    return {"wids": WIDS_DESCRIPTOR, "wids_sha256": hashlib.sha256(data).hexdigest()}
+
+
 def write_trainer_metadata(directory: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    """``.nv-meta`` (megatron) or the JSON list (files layout); returns what was written."""
+    """``.nv-meta`` (megatron) or the JSON list (files layout), and the wids shard list
+    of a tar cache; returns what was written."""
     options = manifest["config"].get("output", {}).get("options", {}) or {}
     names = [s["name"] for s in manifest["shards"]]
+    if manifest["layout"] != "files" and names:
+        wids = write_wids_descriptor(directory, manifest)
+    else:
+        wids = {}
     if manifest["format"] == "megatron":
         ratio = energon.parse_split_ratio(options.get("split_ratio"))
         done = energon.prepare(directory, names, split_ratio=ratio)
@@ -339,7 +370,8 @@ def write_trainer_metadata(directory: str, manifest: dict[str, Any]) -> dict[str
         if wrong:
             raise MmstreamError(f"energon counted different samples than the manifest (energon, manifest): {wrong}")
         return {"kind": "energon", "meta_dir": energon.META_DIR, "split_ratio": list(ratio),
-                "split": done["split"], "energon_version": done["energon_version"], "command": done["command"]}
+                "split": done["split"], "energon_version": done["energon_version"], "command": done["command"],
+                **wids}
     if manifest["layout"] == "files":
         name = str(options.get("json_name", DEFAULT_JSON_NAME))
         style = str(options.get("image_paths", "absolute"))
@@ -365,7 +397,7 @@ def write_trainer_metadata(directory: str, manifest: dict[str, Any]) -> dict[str
 
         atomic_write(path, write)
         return {"kind": "json", "path": name, "image_paths": style, "count": count, "sha256": sha.hexdigest()}
-    return {"kind": "webdataset", "shards": names}
+    return {"kind": "webdataset", "shards": names, **wids}
 
 
 def _with_paths(record: dict[str, Any], fn) -> dict[str, Any]:
@@ -380,11 +412,56 @@ def _with_paths(record: dict[str, Any], fn) -> dict[str, Any]:
 
 def _trainer_present(directory: str, manifest: dict[str, Any]) -> bool:
     trainer = manifest.get("trainer") or {}
+    if trainer.get("wids") and not os.path.isfile(os.path.join(directory, trainer["wids"])):
+        return False
     if trainer.get("kind") == "energon":
         return os.path.isfile(os.path.join(directory, energon.META_DIR, ".info.json"))
     if trainer.get("kind") == "json":
         return os.path.isfile(os.path.join(directory, trainer["path"]))
     return bool(trainer)
+
+
+# -- checking shards against their entries ---------------------------------------------
+
+def check_shard(directory: str, entry: dict[str, Any]) -> Optional[str]:
+    """None when the shard ``entry`` lists still holds the bytes it lists (size, sha256,
+    and for a ``files`` part every frame file it names); else what differs."""
+    path = os.path.join(directory, entry["name"])
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if size != entry["bytes"]:
+        return f"{size} bytes, manifest says {entry['bytes']}"
+    try:
+        sha, _ = sha256_file(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if sha != entry["sha256"]:
+        return f"sha256 {sha[:16]}... differs from the manifest's {entry['sha256'][:16]}..."
+    if entry.get("content_sha256"):
+        problems: list[str] = []
+        try:
+            _check_part(directory, entry, problems)
+        except MmstreamError as exc:
+            problems.append(str(exc))
+        if problems:
+            return "; ".join(problems)
+    return None
+
+
+def check_shards(directory: str, entries: Sequence[dict[str, Any]], *,
+                 threads: Optional[int] = None) -> list[Optional[str]]:
+    """:func:`check_shard` of every entry, in order, hashed by parallel threads."""
+    if not entries:
+        return []
+    n = threads or max(1, min(MAX_CHECK_THREADS, os.cpu_count() or 1, len(entries)))
+    if n == 1:
+        return [check_shard(directory, e) for e in entries]
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="mmstream-check") as pool:
+        return list(pool.map(lambda e: check_shard(directory, e), entries))
 
 
 # -- verify ---------------------------------------------------------------------------
@@ -409,7 +486,9 @@ class VerifyReport:
 
 def verify(directory: str) -> VerifyReport:
     """Re-read every shard and check it (sha256, size, sample count, keys) against
-    ``manifest.json``, and the trainer metadata against the shards."""
+    ``manifest.json``, and the trainer metadata against the shards. A tar shard's
+    members are checked from their headers first (:mod:`.tarscan`): links, devices,
+    names that climb out and members larger than the shard are refused, unread."""
     directory = os.path.abspath(directory)
     manifest = _read_json(os.path.join(directory, MANIFEST), missing_ok=True)
     if manifest is None:
@@ -418,25 +497,25 @@ def verify(directory: str) -> VerifyReport:
     problems = report.problems
     seen: dict[str, str] = {}
     total = 0
-    for s in manifest.get("shards", []):
+    shards = manifest.get("shards", [])
+    for s, problem in zip(shards, check_shards(directory, shards)):
         name = s["name"]
-        path = os.path.join(directory, name)
         report.shards += 1
-        try:
-            sha, size = sha256_file(path)
-        except OSError as exc:
-            problems.append(f"{name}: cannot read ({exc.strerror or exc})")
+        if problem == "missing" or (problem or "").startswith("cannot be read"):
+            problems.append(f"{name}: {problem}")
             continue
-        if size != s["bytes"]:
-            problems.append(f"{name}: {size} bytes, manifest says {s['bytes']}")
-        if sha != s["sha256"]:
-            problems.append(f"{name}: sha256 {sha[:16]}... differs from the manifest's {s['sha256'][:16]}...")
+        if problem:
+            problems.append(f"{name}: {problem}")
         try:
             if name.endswith(".tar"):
-                keys, count = read_tar_keys(path)
+                keys: Optional[list[str]] = shard_keys(os.path.join(directory, name), limit=int(s["bytes"]), name=name)
+                count = len(keys)
             else:
-                keys, count = _check_part(directory, s, problems)
-        except (tarfile.TarError, OSError, ValueError, MmstreamError) as exc:
+                keys, count = None, _part_count(directory, s)
+        except UnsafeShard as exc:
+            problems.append(str(exc))
+            continue
+        except (OSError, ValueError, MmstreamError) as exc:
             problems.append(f"{name}: cannot be read back ({exc})")
             continue
         report.samples += count
@@ -458,27 +537,52 @@ def verify(directory: str) -> VerifyReport:
     return report
 
 
-def _check_part(directory: str, shard: dict[str, Any], problems: list[str]) -> tuple[Optional[list[str]], int]:
-    """A ``files``-layout part: record count and the content hash of its frame files."""
+def _verify_wids(directory: str, manifest: dict[str, Any], name: str, problems: list[str]) -> None:
+    try:
+        got = _read_json(os.path.join(directory, name))
+    except MmstreamError as exc:
+        problems.append(f"{exc} (rerun `mmstream finalize --force`)")
+        return
+    want = wids_descriptor(manifest)
+    if not isinstance(got, dict) or got.get("wids_version") != 1 or got.get("shardlist") != want["shardlist"]:
+        problems.append(f"{name}: its shard list differs from the manifest's shards (rerun `mmstream finalize "
+                        f"--force`)")
+
+
+def _part_count(directory: str, shard: dict[str, Any]) -> int:
+    records = _read_json(os.path.join(directory, shard["name"]))
+    if not isinstance(records, list):
+        raise MmstreamError("not a JSON list")
+    return len(records)
+
+
+def _check_part(directory: str, shard: dict[str, Any], problems: list[str]) -> None:
+    """A ``files``-layout part: the content hash of the frame files its records name
+    (each a relative path inside the cache)."""
     records = _read_json(os.path.join(directory, shard["name"]))
     if not isinstance(records, list):
         raise MmstreamError("not a JSON list")
     content = hashlib.sha256()
     for record in records:
         for rel in record_image_paths(record):
+            bad = name_problem(rel)
+            if bad:
+                problems.append(f"frame path {rel!r}: {bad}; refused")
+                continue
             try:
                 sha, size = sha256_file(os.path.join(directory, rel))
             except OSError as exc:
-                problems.append(f"{shard['name']}: frame {rel} cannot be read ({exc.strerror or exc})")
+                problems.append(f"frame {rel} cannot be read ({exc.strerror or exc})")
                 continue
             update_content_hash(content, rel, size, sha)
-    if shard.get("content_sha256") and content.hexdigest() != shard["content_sha256"]:
-        problems.append(f"{shard['name']}: frame files differ from what was written (content sha256)")
-    return None, len(records)  # the part's sha256 already covers its keys
+    if content.hexdigest() != shard["content_sha256"]:
+        problems.append("frame files differ from what was written (content sha256)")
 
 
 def _verify_trainer(directory: str, manifest: dict[str, Any], problems: list[str]) -> None:
     trainer = manifest.get("trainer") or {}
+    if trainer.get("wids"):  # (a cache finalized before wids.json existed has none: nothing to check)
+        _verify_wids(directory, manifest, trainer["wids"], problems)
     if trainer.get("kind") == "energon":
         try:
             info = energon.read_info(directory)

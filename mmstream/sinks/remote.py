@@ -8,7 +8,12 @@ cache, and after each shard is committed there it uploads the shard under its fi
 manifest that lists it. A rerun after a kill, on this machine or another, first brings
 the rank's manifest and the shards it lists back from the bucket, deletes shards in the
 bucket that no manifest lists (uploaded just before a kill), and goes on as a local
-resume does. Finalizing gathers every rank's manifest and shards into the mirror, writes
+resume does. The rerun trusts no byte it has not checked: after each upload the object's
+ETag is recorded in the shard's manifest entry (with the rank manifest's next write), and a shard whose object in the bucket
+no longer has that ETag (changed, rewritten, or uploaded by a run that did not record
+one) is downloaded again; the mirror's copy is then checked against the manifest's
+sha256 like a local shard, and a shard that differs is deleted from the bucket too and
+cached again. Finalizing gathers every rank's manifest and shards into the mirror, writes
 the trainer metadata there (energon's ``prepare`` needs the tars) and uploads it, the
 merged ``manifest.json`` last. ``mmstream verify URL`` reads everything back from the
 bucket into a temporary folder and checks it there.
@@ -20,7 +25,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any
+from typing import Any, Optional
 
 from .. import storage
 from . import manifest as mf
@@ -65,12 +70,30 @@ class RemoteOutput:
 
     def names(self) -> list[str]:
         """Every object under the output, relative to it."""
+        return list(self.listing())
+
+    def listing(self) -> dict[str, dict]:
+        """``{name relative to the output: object info}`` of every object under it."""
         root = self.root.rstrip("/")
+        self.fs.invalidate_cache(root)  # what the bucket holds now, not a listing cached earlier
         try:
-            found = storage._retrying("listing", self.url, lambda: self.fs.find(root))
+            found = storage._retrying("listing", self.url, lambda: self.fs.find(root, detail=True))
         except Exception:  # noqa: BLE001 - an empty prefix
-            return []
-        return [f[len(root) + 1:] for f in found if f.startswith(root + "/")]
+            return {}
+        return {f[len(root) + 1:]: info for f, info in found.items() if f.startswith(root + "/")}
+
+    def remove(self, rel: str) -> None:
+        """Delete the object ``rel`` (gone already is fine)."""
+        def rm():
+            try:
+                self.fs.rm_file(self._remote(rel))
+            except FileNotFoundError:
+                pass
+        storage._retrying("deleting", self.url, rm)
+
+    def etag(self, rel: str) -> Optional[str]:
+        """The object's ETag (its content's fingerprint in S3), None where the store has none."""
+        return object_etag(storage._retrying("looking up", self.url, lambda: self.fs.info(self._remote(rel))))
 
     # -- the cache run --------------------------------------------------------------------
     def upload_shard(self, info) -> None:
@@ -83,9 +106,12 @@ class RemoteOutput:
         self.upload(info.name)
 
     def pull(self, rank: int) -> None:
-        """Bring this rank's manifest and the shards it lists back from the bucket, unless
-        the mirror has them already; delete shards in the bucket no manifest lists."""
-        names = self.names()
+        """Bring this rank's manifest back from the bucket, and each shard it lists unless
+        the mirror has it and the object still has the ETag recorded at its upload; a
+        shard no longer in the bucket is removed from the mirror too (then redone); delete
+        shards in the bucket no manifest lists."""
+        objects = self.listing()
+        names = list(objects)
         for n in names:
             if n.startswith("manifest.rank-") and n.endswith(".json") and not os.path.exists(os.path.join(self.local, n)):
                 self.download(n)
@@ -94,15 +120,7 @@ class RemoteOutput:
             for s in m.shards:
                 listed.add(s["name"])
                 if m.rank == rank:
-                    path = os.path.join(self.local, s["name"])
-                    if not (os.path.isfile(path) and os.path.getsize(path) == s["bytes"]) and s["name"] in names:
-                        self.download(s["name"])
-                        if s["name"].startswith(PARTS_DIR + "/"):
-                            with open(path, encoding="utf-8") as f:
-                                for record in json.load(f):
-                                    for rel in record_image_paths(record):
-                                        if not os.path.exists(os.path.join(self.local, rel)):
-                                            self.download(rel)
+                    self._sync(s, objects)
         from .shards import parse_shard_name
 
         for n in names:
@@ -111,6 +129,31 @@ class RemoteOutput:
                 log.info("removing %s from the bucket: no manifest lists it (uploaded before a kill)",
                          storage.redact(f"{self.url}/{n}"))
                 storage._retrying("deleting", self.url, lambda n=n: self.fs.rm_file(self._remote(n)))
+
+    def _sync(self, s: dict, objects: dict[str, dict]) -> None:
+        path = os.path.join(self.local, s["name"])
+        info = objects.get(s["name"])
+        if info is None:  # not in the bucket: the mirror's copy must not be kept either
+            if os.path.exists(path):
+                log.warning("%s is listed but not in the bucket; it is cached again",
+                            storage.redact(f"{self.url}/{s['name']}"))
+                os.remove(path)
+            return
+        same = s.get("etag") is not None and object_etag(info) == s["etag"]
+        if not (same and os.path.isfile(path) and os.path.getsize(path) == s["bytes"]):
+            self.download(s["name"])  # checked against the manifest's sha256 next (open_rank)
+        if s["name"].startswith(PARTS_DIR + "/"):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    records = json.load(f)
+            except (OSError, ValueError):
+                return  # a damaged part: the check against the manifest redoes it
+            for record in records:
+                for rel in record_image_paths(record):
+                    local = os.path.join(self.local, rel)
+                    got = objects.get(rel)
+                    if got is not None and not (os.path.isfile(local) and os.path.getsize(local) == got.get("size")):
+                        self.download(rel)
 
     def gather(self) -> None:
         """Every rank's manifest and shards in the mirror (to finalize)."""
@@ -136,7 +179,17 @@ class RemoteOutput:
                     self.upload(os.path.relpath(os.path.join(d, name), self.local))
         if trainer.get("kind") == "json":
             self.upload(trainer["path"])
+        if trainer.get("wids"):
+            self.upload(trainer["wids"])
         self.upload(mf.MANIFEST)
+
+
+def object_etag(info: dict) -> Optional[str]:
+    """The ETag in an fsspec object info (s3fs: ``ETag``; others: ``etag``, ``md5Hash``)."""
+    for key in ("ETag", "etag", "md5Hash"):
+        if info.get(key):
+            return str(info[key])
+    return None
 
 
 def verify_url(url: str, conf: Any = None):

@@ -1,7 +1,9 @@
 """Rotating shard writers that never leave a file a reader could take for a shard.
 
-A shard is written as ``<name>.tmp-<pid>``, fsynced, and renamed to its final name when
-it holds ``maxcount`` samples or when the writer is closed. Only then does
+A shard is written as ``<name>.tmp-<pid>`` by webdataset's own ``TarWriter`` (fixed
+mtime, owner and mode: the same samples give the same bytes on every run), hashed
+while it is written, fsynced, and renamed to its final name when it holds
+``maxcount`` samples or when the writer is closed. Only then does
 ``on_commit(ShardInfo)`` run (the caller records it in the manifest)::
 
     with ShardWriter(out, lambda i: f"pretrain-{i:06d}.tar", maxcount=1000,
@@ -20,19 +22,26 @@ list of the records (``parts/<name>.json``).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
-import tarfile
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Optional
 
+from ..errors import MmstreamError
 from .atomic import WriteError, atomic_write_bytes, commit, dump_json, fsync_dir, remove_quietly, tmp_name
 from .formats import Encoded
+
+if TYPE_CHECKING:
+    import webdataset
 
 #: mtime stored in every tar header: fixed, so the same samples give the same bytes
 #: (and the same sha256) on every run.
 TAR_MTIME = 0
+#: Mode of every member (owner and group names are empty, ids 0).
+TAR_MODE = 0o644
+#: Longest member name: what fits a tar header's name field, the only name wids'
+#: indexer reads (a longer or non-ASCII name would go to a pax record it skips).
+MAX_MEMBER_NAME = 100
 #: Folder (inside the output folder) of the ``files`` layout's per-shard JSON lists.
 PARTS_DIR = "parts"
 
@@ -89,14 +98,12 @@ class _HashingFile:
         return self.size
 
 
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = TAR_MTIME
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
+def check_member_name(name: str) -> str:
+    """A member name every webdataset reader sees whole (ASCII, at most 100 bytes)."""
+    if not name.isascii() or len(name) > MAX_MEMBER_NAME:
+        raise MmstreamError(f"tar member name {name!r} must be ASCII and at most {MAX_MEMBER_NAME} characters "
+                            f"(wids reads only the tar header's name field); use a shorter source name")
+    return name
 
 
 class _RotatingWriter:
@@ -163,14 +170,15 @@ class _RotatingWriter:
 
 
 class ShardWriter(_RotatingWriter):
-    """Tar shards: each :class:`Encoded` becomes members ``KEY.<ext>``."""
+    """Tar shards written by ``webdataset.TarWriter``: each :class:`Encoded` becomes
+    members ``KEY.<ext>``, in the encoder's order."""
 
     def __init__(self, directory: str, name_for: Callable[[int], str], *, maxcount: int,
                  start_index: int = 0, on_commit: Optional[Callable[[ShardInfo], None]] = None):
         super().__init__(directory, name_for, maxcount=maxcount, start_index=start_index, on_commit=on_commit)
         self._file: Optional[BinaryIO] = None
         self._hashing: Optional[_HashingFile] = None
-        self._tar: Optional[tarfile.TarFile] = None
+        self._tar: Optional["webdataset.TarWriter"] = None
         self._tmp = ""
         self._final = ""
 
@@ -179,6 +187,8 @@ class ShardWriter(_RotatingWriter):
         return self._file is not None
 
     def _open(self) -> None:
+        import webdataset  # here: it imports torch, and `import mmstream.sinks` stays light
+
         self._final = os.path.join(self.directory, self.name_for(self.index))
         self._tmp = tmp_name(self._final)
         try:
@@ -186,13 +196,16 @@ class ShardWriter(_RotatingWriter):
         except OSError as exc:
             raise WriteError(self._tmp, exc, RESUME_HINT) from None
         self._hashing = _HashingFile(self._file)
-        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
+        self._tar = webdataset.TarWriter(self._hashing, user="", group="", mode=TAR_MODE, mtime=TAR_MTIME,
+                                         encoder=False)
 
     def _add(self, enc: Encoded) -> None:
         assert self._tar is not None
+        for ext, _ in enc.members:
+            check_member_name(f"{enc.key}.{ext}")
         try:
-            for ext, data in enc.members:
-                self._tar.addfile(_tarinfo(f"{enc.key}.{ext}", len(data)), io.BytesIO(data))
+            for ext, data in enc.members:  # one member a call: TarWriter sorts a sample's members
+                self._tar.write({"__key__": enc.key, ext: data})
         except OSError as exc:
             self._discard()
             raise WriteError(self._tmp, exc, RESUME_HINT) from None
@@ -338,25 +351,6 @@ def record_image_paths(record: dict[str, Any]) -> list[str]:
 def update_content_hash(sha, rel: str, size: int, file_sha256: str) -> None:
     """Fold one frame file into a part's content hash (path, length, the file's sha256)."""
     sha.update(f"{rel}\0{size}\0{file_sha256}\n".encode("utf-8"))
-
-
-def read_tar_keys(path: str) -> tuple[list[str], int]:
-    """``(keys in order of first appearance, number of samples)`` of a tar shard.
-
-    Raises ``tarfile.TarError``/``OSError`` for a damaged file.
-    """
-    keys: list[str] = []
-    seen: set[str] = set()
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if not member.isreg():
-                continue
-            base = os.path.basename(member.name)
-            key = member.name[: len(member.name) - len(base)] + base.split(".", 1)[0]
-            if key not in seen:
-                seen.add(key)
-                keys.append(key)
-    return keys, len(keys)
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> tuple[str, int]:

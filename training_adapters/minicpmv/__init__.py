@@ -1,5 +1,6 @@
 """MiniCPM-V finetuning from mmstream shards or the live stream (see :mod:`.dataset`)."""
-from .dataset import MiniCPMVShards, MiniCPMVStream, RawData, index_shards, open_images, sample_to_item, shard_paths
+from .dataset import (MiniCPMVShards, MiniCPMVShardStream, MiniCPMVStream, RawData, open_images, sample_to_item,
+                      shard_list, shard_paths)
 
-__all__ = ["MiniCPMVShards", "MiniCPMVStream", "RawData", "index_shards", "open_images", "sample_to_item",
-           "shard_paths"]
+__all__ = ["MiniCPMVShards", "MiniCPMVShardStream", "MiniCPMVStream", "RawData", "open_images", "sample_to_item",
+           "shard_list", "shard_paths"]
