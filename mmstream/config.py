@@ -136,6 +136,10 @@ class SourceConfig:
     media_root: Optional[str] = None
     limit: Optional[int] = knob(None, min=0)
     storage_options: dict[str, Any] = knob(factory=dict)  # fsspec options for this source's URLs (endpoint_url...)
+    # one record's text (a JSONL line, an array element) may be at most this long and nest at most this
+    # deep; a longer or deeper one is bad_json, walked past without being held in memory
+    max_record_mb: float = knob(16.0, gt=0)
+    max_json_depth: int = knob(64, min=1, max=512)
     sampling: SamplingConfig = knob(factory=SamplingConfig)  # merged with the top level
     filter: FilterConfig = knob(factory=FilterConfig)  # merged with the top level
 

@@ -265,11 +265,13 @@ def _lines(f: BinaryIO, limit: int) -> Iterator[Line]:
         start = offset
         offset += len(raw)
         if len(raw) > limit and not raw.endswith(b"\n"):
-            while True:
-                more = f.readline(CHUNK)
-                offset += len(more)
-                if not more or more.endswith(b"\n"):
+            while True:  # to the next line end, a chunk at a time
+                data = f.read(CHUNK)
+                end = data.find(b"\n")
+                offset += len(data) if end < 0 else end + 1
+                if end >= 0 or not data:
                     break
+            f.seek(offset)
             yield lineno, start, None, offset - start
             continue
         if lineno == 1 and raw.startswith(_BOM):
@@ -554,9 +556,9 @@ class _ArrayScanner:
             stray = _STRUCTURE.search(self.text, n)
             while stray is None and len(self.text) - n <= self.limits.max_bytes and self._more():
                 stray = _STRUCTURE.search(self.text, n)
-            if (stray is None and self.eof) or (stray is not None and self.text[stray.start()] in ",]"):  # stray bytes, then the next element or the end
+            if (stray is None and self.eof) or (stray is not None and self.text[stray.start()] in ",]{"):  # stray bytes, then the next element or the end
                 log.warning("%s: stray bytes between array elements at byte %d", self.path, self._byte(n))
-                yield self._checked(value, i, j)
+                yield self._checked(value, i, j)  # then the next element (a ',', or a '{' with no ','), or the end
                 i = stray.start() + (self.text[stray.start()] == ",") if stray else len(self.text)
                 continue
             i = yield from self._resync(i, n, f"unexpected {follower!r} after the element at byte {self._byte(j)}")
@@ -654,8 +656,7 @@ class _ArrayScanner:
             search = self._forget(search)
             m = _BOUNDARY.search(self.text, search)
             if m is None:
-                last_comma = self.text.rfind(",", search)  # a boundary may straddle the end of the text
-                search = last_comma if last_comma >= 0 else len(self.text)
+                search = self._open_boundary(search)
                 if not self._more():
                     return None
                 continue
@@ -667,6 +668,16 @@ class _ArrayScanner:
             if holds:
                 return m.start(), c
             refuted.update(starts)
+
+    def _open_boundary(self, search: int) -> int:
+        """Where a boundary cut by the end of the text in hand starts (its ``,``, followed
+        by nothing but whitespace and perhaps a ``{``), or the end of the text."""
+        k = self._content_end()
+        if k > search and self.text[k - 1] == "{":
+            k -= 1
+            while k > search and self.text[k - 1] in _WS_CHARS:
+                k -= 1
+        return k - 1 if k > search and self.text[k - 1] == "," else len(self.text)
 
     def _chain(self, c: int, base: int, err: Optional[int]) -> tuple[bool, list[int]]:
         """Whether the elements from ``c`` on are the array's: each parses and is followed

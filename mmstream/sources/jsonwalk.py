@@ -48,15 +48,8 @@ class Walker:
         if n == 0:
             return None
         quotes = np.flatnonzero(a == _QUOTE)
-        backslash = a == _BACKSLASH
-        last_plain = None
-        if quotes.size and (self.backslashes or backslash.any()):
-            # index of the last byte at or before each position that is not a backslash (-1: none)
-            last_plain = np.maximum.accumulate(np.where(backslash, -1, np.arange(n)))
-            before = quotes - 1
-            prev_plain = np.where(before >= 0, last_plain[np.maximum(before, 0)], -1)
-            run = before - prev_plain + np.where(prev_plain < 0, self.backslashes, 0)
-            quotes = quotes[(run & 1) == 0]
+        if quotes.size:
+            quotes = self._unescaped(a, quotes)
         s0 = 1 if self.in_string else 0
         kinds = (a == _OPEN[0]) | (a == _OPEN[1]) | (a == _CLOSE[0]) | (a == _CLOSE[1])
         if stop:
@@ -82,9 +75,31 @@ class Walker:
         if a[-1] != _BACKSLASH:
             self.backslashes = 0
         else:
-            plain = np.flatnonzero(~backslash)
+            plain = np.flatnonzero(a != _BACKSLASH)
             self.backslashes = n - 1 - int(plain[-1]) if plain.size else self.backslashes + n
         return None
+
+    def _unescaped(self, a: np.ndarray, quotes: np.ndarray) -> np.ndarray:
+        """The quotes not escaped: those after an even run of backslashes. Only a quote
+        right after a backslash needs its run counted (rare in text)."""
+        after = quotes[quotes > 0]
+        suspects = after[a[after - 1] == _BACKSLASH]
+        if quotes[0] == 0 and self.backslashes:
+            suspects = np.concatenate([[0], suspects])
+        if not suspects.size:
+            return quotes
+        # count each suspect's run backwards, all suspects at once, one byte per step
+        run = np.zeros(len(suspects), np.int64)
+        k = suspects - 1
+        going = k >= 0
+        while going.any():
+            more = going & (a[np.maximum(k, 0)] == _BACKSLASH)
+            run += more
+            k -= more
+            going = more & (k >= 0)
+        run += np.where(k < 0, self.backslashes, 0)  # runs from the start of the piece go on before it
+        escaped = suspects[(run & 1) == 1]
+        return np.setdiff1d(quotes, escaped, assume_unique=True) if escaped.size else quotes
 
 
 def codes(text: str) -> np.ndarray:
