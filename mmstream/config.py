@@ -90,6 +90,9 @@ class SamplingConfig:
     resize: ResizeConfig = knob(factory=ResizeConfig)
     frame_folder_fps: Optional[float] = knob(None, gt=0)  # rate of frame folders with no sidecar; null: as they are
     salvage: bool = False  # keep the decodable prefix of a damaged video (like the ffmpeg CLI)
+    # a video, image or frame whose header declares more pixels per picture is too_large, refused before any
+    # frame buffer is allocated (8K x 8K; null: no limit but FFmpeg's own, about 16K x 16K)
+    max_source_pixels: Optional[int] = knob(8192 * 8192, min=1)
     # seconds one media item may take to open, probe or decode in the decode helper process;
     # past it the helper is killed and the record dropped (decode_timeout); null: decode in the worker itself
     decode_timeout: Optional[float] = knob(60.0, gt=0)
