@@ -140,7 +140,9 @@ def one_item(obj: object, key: str, position: int, src: SourceConfig,
         record = convert(obj, at)
         check_tags(record)
     except SampleError as err:
-        return err.with_context(key=at.key, path=path)
+        # an outcome, not an exception in flight: without its traceback, whose frames (and the
+        # dataset generator's frames behind them, holding decoded clips) it would keep alive
+        return err.with_context(key=at.key, path=path).with_traceback(None)
     return record
 
 
