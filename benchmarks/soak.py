@@ -10,7 +10,9 @@ an RSS after the last epoch within 10% of its RSS after epoch 2 (the first epoch
 libraries and warms caches), and no process holds more file descriptors, nor /dev/shm more
 entries, than after epoch 2. A process's RSS is the largest seen during the epoch (sampled
 at every item) or after it; a decode helper retires at the end of each epoch's iteration
-and the next epoch forks a new one, so its figures are that epoch's peaks. The demo set is built in the folder first
+and the next epoch forks a new one, so its figures are that epoch's peaks (its open fds are
+reported but not judged: they vary with the request in flight when sampled, and a leak in
+the worker it is forked from shows in the worker's count). The demo set is built in the folder first
 (``python -m mmstream.demo DIR``) unless it is there. Workers are persistent (the same
 processes every epoch, as leaks need); they do not see ``set_epoch``, so every epoch
 streams the same order, which does not matter here.
@@ -162,7 +164,9 @@ def verdict(rows: list[dict]) -> dict:
     return {"base_epoch": base["epoch"], "rss": rss, "fds": fds,
             "shm": {"base": base["shm"], "last": last["shm"]},
             "rss_ok": all(abs(v["growth"] or 0) <= RSS_TOLERANCE for v in rss.values()),
-            "fds_ok": all((v["last"] or 0) <= (v["base"] or 0) for v in fds.values()),
+            # the processes that live through the epochs; a helper's count varies with the memfd of the
+            # request it holds when sampled (reported, not judged: a worker's leak shows in the worker)
+            "fds_ok": all((v["last"] or 0) <= (v["base"] or 0) for r, v in fds.items() if rss[r]["same_process"]),
             "shm_ok": last["shm"]["entries"] <= base["shm"]["entries"],
             "same_processes": all(v["same_process"] for v in rss.values()),
             "kept_each_epoch": sorted({r["kept"] for r in rows})}
