@@ -23,8 +23,8 @@ number of elements the undamaged file had. What that means, exactly, for one dam
 element (a quote, a bracket, a comma removed or added, random bytes):
 
 - JSONL: one position per non-blank line. A line that does not parse is ``bad_json``,
-  except: a line holding several values separated by whitespace (a newline lost) gives
-  one position per value, and a line left open (inside a string or a bracket) followed
+  except: a line holding several objects separated by whitespace (a newline lost) gives
+  one position per object, and a line left open (inside a string or a bracket) followed
   by a line that does not parse either is one record cut by a newline put into it: one
   ``bad_json`` for both lines.
 - JSON array: a malformed element is one ``bad_json``, and reading resynchronises at
@@ -33,9 +33,10 @@ element (a quote, a bracket, a comma removed or added, random bytes):
   ``max_bytes`` past the damaged element's start). An object nested inside the damaged
   element fails that test (its list closes before the file ends), so it is never taken
   for an element. Tolerated with a warning, taking no position: a missing ``,``, an
-  extra ``,`` (an empty element), stray bytes between elements that hold no structure,
-  a stray ``]`` that elements follow (``,`` or ``{`` after it), a stray ``[`` whose
-  array swallowed the rest of the file (its elements are read as elements).
+  extra ``,`` (an empty element), stray bytes between elements that hold no structure
+  (a digit or a literal among them), a stray ``]`` that elements follow (``,`` or ``{``
+  after it), a stray ``[`` whose array swallowed the rest of the file (its elements are
+  read as elements). A ``]`` that other data follows is damage to the element before it.
 - A file cut short (truncation): positions are the elements that begin before the cut;
   the cut one is ``unreadable_tail``.
 
@@ -44,11 +45,13 @@ between two members of a record (``{"id": 3}, "video": ...}``) reads as a record
 opening ``{`` was lost, so the record counts twice (its first members, then one
 ``bad_json``); damage to a record larger than ``max_bytes``; several damaged records
 within ``max_bytes`` of each other may be counted as one ``bad_json`` each or as fewer.
-Anything but whitespace after the closing ``]`` is one ``bad_json`` position.
+Data after the array's closing ``]`` reads as damage to the last element (a record that
+closed early): that element is the drop (``unreadable_tail`` when the file does not end
+with a ``]``); more ``]`` or ``,`` there are ignored.
 
-A missing or unreadable file, or one that is neither (it does not start with ``[``
-or ``{``, and no line of its first MiB is a JSON object), raises :class:`~mmstream.errors.ConfigError`: that is the config's
-problem, not one record's. An empty (or all-whitespace) file has no items.
+A missing or unreadable file, or one that is neither (it does not start with ``[`` or
+``{``, and no line of its first MiB is a JSON object), raises
+:class:`~mmstream.errors.ConfigError`: that is the config's problem, not one record's. An empty (or all-whitespace) file has no items.
 """
 from __future__ import annotations
 
