@@ -279,8 +279,12 @@ def test_a_2gb_record_is_walked_past_with_flat_memory(tmp_path):
         for _ in range(200):
             f.write(b"a" * (1 << 20))
         f.write(b'"}, ' + good[2] + b"]")
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path / "big.jsonl"), str(tmp_path / "big.json")],
-                         capture_output=True, text=True, timeout=100)
+    try:
+        out = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path / "big.jsonl"),
+                              str(tmp_path / "big.json")], capture_output=True, text=True, timeout=100)
+    finally:
+        for name in ("big.jsonl", "big.json"):  # 200 MB of disk: not left to pytest's kept folders
+            (tmp_path / name).unlink()
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout)
     assert got["reasons"] == ["ok", BAD_JSON, "ok"] + ["ok", BAD_JSON, "ok", BAD_JSON, "ok"]
