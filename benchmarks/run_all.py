@@ -15,7 +15,9 @@ with runs of the things compared interleaved so that background load hits both:
   bound, the per-sample full read (decord) and extract-then-load;
 * QA data (issue 8): one epoch with k = 1, 2, 4, 8 records per video, the stream against
   extract-then-load, decodes counted; the mix buffer's memory at 720p; the record
-  index's memory at LLaVA-Video-178K scale (1.3M records).
+  index's memory at LLaVA-Video-178K scale (1.3M records);
+* soak (issue 22): 20 epochs of the demo set through 2 persistent workers and their decode
+  helpers, each process's RSS and fds and /dev/shm per epoch (``soak.py``).
 
 Writes ``benchmarks/results.json`` (everything), ``benchmarks/results.md`` (every
 target with its measured value, the commands, the machine and the date),
@@ -321,6 +323,18 @@ def ray_section(data: str, repeat: int) -> dict:
     return dict(run_json(cmd), command=show(cmd))
 
 
+def soak_section(workers: int) -> dict:
+    """Issue 22: 20 epochs of the demo set (built in build/soak) through persistent workers
+    and their decode helpers; RSS, fds and /dev/shm per epoch (benchmarks/soak.py)."""
+    cmd = [PY, os.path.join(HERE, "soak.py"), os.path.join(ROOT, "build", "soak"), "--epochs", "20",
+           "--workers", str(workers), "--json"]
+    log("soak: " + show(cmd))
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if res.returncode not in (0, 1):  # 1: it ran, and a criterion is not met
+        raise SystemExit(f"run_all: failed: {show(cmd)}\n{res.stderr[-3000:]}")
+    return dict(json.loads(res.stdout), command=show(cmd))
+
+
 # -- targets and report ----------------------------------------------------------------
 def targets(res: dict, workers: int) -> list[dict]:
     w = str(workers)
@@ -471,6 +485,27 @@ def storage_ray_targets(res: dict) -> list[dict]:
                      "sparse sampling (24 frames) the 30 min video costs 24 seeks, not 30 minutes of decoding, so "
                      "there is little skew for dynamic balancing to remove, while Ray's start-up is paid in full."})
     return rows
+
+
+def soak_targets(res: dict) -> list[dict]:
+    sk = res.get("soak")
+    if not sk:
+        return []
+    rss = ", ".join(f"{role} {v['base_mb']:.0f} -> {v['last_mb']:.0f} MB ({100 * (v['growth'] or 0):+.1f}%)"
+                    for role, v in sk["rss"].items())
+    fds = ", ".join(f"{role} {v['base']} -> {v['last']}" for role, v in sk["fds"].items())
+    shm = sk["shm"]
+    return [{"target": f"Soak: {sk['epochs']} epochs of the demo set, {sk['workers']} persistent workers and their "
+                       f"decode helpers (issue 22)",
+             "goal": f"each process's RSS after epoch {sk['epochs']} within 10% of after epoch {sk['base_epoch']}; "
+                     f"no fd or /dev/shm growth",
+             "value": max(abs(v["growth"] or 0) for v in sk["rss"].values()),
+             "met": sk["rss_ok"] and sk["fds_ok"] and sk["shm_ok"],
+             "measured": f"RSS {rss}; fds {fds}; /dev/shm {shm['base']['entries']} -> {shm['last']['entries']} "
+                         f"entries; {sk['kept_each_epoch']} samples each epoch, {sk['wall_s']} s in all",
+             "command": sk["command"],
+             "note": "a helper is forked anew each epoch (it retires with the epoch's iteration): its figures "
+                     "are each epoch's peak"}]
 
 
 def qa_targets(res: dict) -> list[dict]:
@@ -642,6 +677,9 @@ def write_markdown(res: dict, path: str) -> None:
     if res.get("storage_ray_targets"):
         L += ["", "## Targets (issues 11, 12: object storage, Ray)", ""] + _targets_table(res["storage_ray_targets"]) \
             + _missed(res["storage_ray_targets"])
+    if res.get("soak_targets"):
+        L += ["", "## Targets (issue 22: soak)", ""] + _targets_table(res["soak_targets"]) \
+            + _missed(res["soak_targets"])
     L += ["", "## One epoch of the epoch set"] + epoch_table(res)[1:]
     st = ep["stream"][w]["stages_s"]
     L += ["", f"Stream stage times ({w} workers, seconds summed over workers): "
@@ -695,7 +733,7 @@ def write_readme(res: dict, path: str) -> None:
 
 
 SECTIONS = ("exact", "sparse", "memory", "epoch", "qa", "mix_memory", "index", "decoders", "supervision", "storage",
-            "ray")
+            "ray", "soak")
 
 
 def render(res: dict, out: str, readme: bool) -> None:
@@ -703,6 +741,7 @@ def render(res: dict, out: str, readme: bool) -> None:
     res["qa_targets"] = qa_targets(res)
     res["supervision_targets"] = supervision_targets(res)
     res["storage_ray_targets"] = storage_ray_targets(res)
+    res["soak_targets"] = soak_targets(res)
     ep = res["epoch"]
     plot = os.path.join(out, "throughput.png")
     w = str(res["workers"])
@@ -795,7 +834,8 @@ def main(argv=None) -> int:
                 "decoders": lambda: decoders_section(data, manifest, args.repeat, args.quick),
                 "supervision": lambda: supervision_section(data, args.workers, args.repeat),
                 "storage": lambda: storage_section(data, args.workers, args.repeat),
-                "ray": lambda: ray_section(data, args.repeat)}
+                "ray": lambda: ray_section(data, args.repeat),
+                "soak": lambda: soak_section(args.workers)}
     for name in SECTIONS:
         if name not in only:
             continue
@@ -810,7 +850,8 @@ def main(argv=None) -> int:
     res["total_s"] = round(time.time() - t0, 1)
     render(res, out, readme)
     log(f"done in {res['total_s']} s: {rel(os.path.join(out, 'results.md'))}")
-    for t in res["targets"] + res["qa_targets"] + res["supervision_targets"] + res["storage_ray_targets"]:
+    for t in (res["targets"] + res["qa_targets"] + res["supervision_targets"] + res["storage_ray_targets"]
+              + res["soak_targets"]):
         print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
     return 0
 

@@ -99,6 +99,9 @@ class SamplingConfig:
     # video with an extracted folder beside it is read from the folder (Pai-Megatron-Patch's converter)
     frame_folders: str = knob("resample", choices=FRAME_FOLDER_MODES)
     salvage: bool = False  # keep the decodable prefix of a damaged video (like the ffmpeg CLI)
+    # a video, image or frame whose header declares more pixels per picture is too_large, refused before any
+    # frame buffer is allocated (8K x 8K; null: no limit but FFmpeg's own, about 16K x 16K)
+    max_source_pixels: Optional[int] = knob(8192 * 8192, min=1)
     # seconds one media item may take to open, probe or decode in the decode helper process;
     # past it the helper is killed and the record dropped (decode_timeout); null: decode in the worker itself
     decode_timeout: Optional[float] = knob(60.0, gt=0)
@@ -145,6 +148,10 @@ class SourceConfig:
     media_root: Optional[str] = None
     limit: Optional[int] = knob(None, min=0)
     storage_options: dict[str, Any] = knob(factory=dict)  # fsspec options for this source's URLs (endpoint_url...)
+    # one record's text (a JSONL line, an array element) may be at most this long and nest at most this
+    # deep; a longer or deeper one is bad_json, walked past without being held in memory
+    max_record_mb: float = knob(16.0, gt=0)
+    max_json_depth: int = knob(64, min=1, max=512)
     sampling: SamplingConfig = knob(factory=SamplingConfig)  # merged with the top level
     filter: FilterConfig = knob(factory=FilterConfig)  # merged with the top level
 

@@ -63,4 +63,5 @@ DECODE_ERROR = "decode_error"
 DECODE_TIMEOUT = "decode_timeout"  # planning or decoding one media item ran past sampling.decode_timeout
 DECODER_CRASHED = "decoder_crashed"  # the decoder process died (a segfault, the OOM killer)
 NO_FRAMES = "no_frames"
+TOO_LARGE = "too_large"  # the media's header declares more pixels per picture than sampling.max_source_pixels
 MEDIA_TAG_MISMATCH = "media_tag_mismatch"

@@ -11,13 +11,14 @@ from fractions import Fraction
 from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from .. import storage, timing
 from ..config import SamplingConfig
-from ..errors import DECODE_ERROR, NO_FRAMES, SampleError
+from ..errors import DECODE_ERROR, NO_FRAMES, TOO_LARGE, SampleError
 from ..types import Clip, MediaPlan, MediaRef
 from .backends import get_backend, resolve_threads
+from .bounds import check_pixels
 from .images import to_rgb8
 from .probe import probe_video
 from .resolve import list_frames, resolve
@@ -54,13 +55,29 @@ def _plan_media(ref: MediaRef, sampling: SamplingConfig) -> MediaPlan:
         raise exc.with_context(path=found.path)
 
 
-def _plan_image(path: str, sampling: SamplingConfig) -> MediaPlan:
+def _image_size(path: str, limit: Optional[int], what: str = "image", upright: bool = True) -> tuple[int, int]:
+    """An image's size (``upright``: as its EXIF orientation turns it) from its header
+    (PIL reads no pixels at open), checked against the source pixel limit before
+    anything decodes it."""
     try:
         with storage.open_media(path) as src, Image.open(src) as im:
-            im = ImageOps.exif_transpose(im)
             width, height = im.size
+            check_pixels(width, height, limit, path, what)
+            if upright and im.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS:
+                width, height = height, width
+    except Image.DecompressionBombError as exc:  # over PIL's own bound, refused at open
+        raise SampleError(TOO_LARGE, f"{what}: {exc}", path=path) from None
     except (OSError, ValueError) as exc:
-        raise SampleError(DECODE_ERROR, f"cannot read image: {exc}", path=path) from None
+        raise SampleError(DECODE_ERROR, f"cannot read {what}: {exc}", path=path) from None
+    return width, height
+
+
+#: EXIF orientations that turn the picture a quarter (what ImageOps.exif_transpose swaps)
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _plan_image(path: str, sampling: SamplingConfig) -> MediaPlan:
+    width, height = _image_size(path, sampling.max_source_pixels)
     w, h = _out_size(width, height, sampling)
     return MediaPlan("image", path, w, h, [0], [0.0], None, {"source_size": (width, height)})
 
@@ -98,7 +115,7 @@ def _select_pai(num_frames: int, fps: Optional[float], sampling: SamplingConfig,
 
 
 def _plan_video(path: str, sampling: SamplingConfig) -> MediaPlan:
-    info = probe_video(path)
+    info = probe_video(path, max_pixels=sampling.max_source_pixels)
     if sampling.frame_rule == "qwen_vl_utils":
         indices, fps = _select_qwen(info, sampling)
     elif sampling.frame_rule == "pai_interval":
@@ -116,11 +133,7 @@ def _plan_folder(folder: str, sidecar_fps: Optional[str], sampling: SamplingConf
     files = list_frames(folder)
     if not files:
         raise SampleError(NO_FRAMES, "frame folder holds no images", path=folder)
-    try:
-        with storage.open_media(files[0]) as src, Image.open(src) as im:
-            width, height = im.size
-    except (OSError, ValueError) as exc:
-        raise SampleError(DECODE_ERROR, f"cannot read frame: {exc}", path=files[0]) from None
+    width, height = _image_size(files[0], sampling.max_source_pixels, "frame", upright=False)
     src_fps = sidecar_fps or (sampling.frame_folder_fps and str(sampling.frame_folder_fps))
     rate = _folder_rate(src_fps, folder) if src_fps else None
     if pages or rate is None or sampling.frame_folders == "as_extracted":
@@ -166,10 +179,13 @@ def fit_plan(plan: MediaPlan, count: int) -> MediaPlan:
     return plan
 
 
-def _load_image(path: str, size: tuple[int, int]) -> np.ndarray:
+def _load_image(path: str, size: tuple[int, int], limit: Optional[int]) -> np.ndarray:
     try:
         with storage.open_media(path) as src, Image.open(src) as im:
+            check_pixels(im.width, im.height, limit, path, "image")  # from the header, before the pixels
             rgb = to_rgb8(ImageOps.exif_transpose(im))
+    except Image.DecompressionBombError as exc:
+        raise SampleError(TOO_LARGE, f"image: {exc}", path=path) from None
     except (OSError, ValueError) as exc:
         raise SampleError(DECODE_ERROR, f"cannot read image: {exc}", path=path) from None
     except SampleError as exc:
@@ -213,10 +229,10 @@ def _decode_media(plan: MediaPlan, sampling: SamplingConfig, out: Optional[np.nd
 
         frames = render_plan(plan, sampling.pages)
     elif plan.kind == "image":
-        frames = _load_image(plan.path, size)[None]
+        frames = _load_image(plan.path, size, sampling.max_source_pixels)[None]
     elif plan.kind in ("frames", "pages"):
         files = plan.info["files"]
-        loaded = {i: _load_image(files[i], size) for i in set(plan.indices)}
+        loaded = {i: _load_image(files[i], size, sampling.max_source_pixels) for i in set(plan.indices)}
         frames = np.stack([loaded[i] for i in plan.indices])
     else:
         info = plan.info["probe"]

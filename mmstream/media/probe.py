@@ -10,6 +10,7 @@ from typing import Optional
 import av
 
 from ..errors import DECODE_ERROR, NO_FRAMES, SampleError
+from .bounds import FFmpegBound, check_pixels, ffmpeg_bound
 
 
 @dataclass
@@ -70,25 +71,50 @@ def _hevc_temporal_id(data: memoryview, length_size: int) -> int:
     return max((data[head + 1] & 7) - 1, 0)
 
 
-def probe_video(path: str, from_index: Optional[bool] = None) -> VideoInfo:
+def probe_video(path: str, from_index: Optional[bool] = None, max_pixels: Optional[int] = None) -> VideoInfo:
     """The video's frame timestamps, key frames, size and rotation; see :func:`_probe`.
 
     ``from_index`` (default: for remote media) reads the timestamps from an MP4/MOV's
     index (:mod:`.mp4index`) instead of demuxing every packet, so a remote video costs the
     bytes of its index and first frame, not the whole object; any other container, or
-    an index it does not vouch for, is demuxed as a local file is."""
+    an index it does not vouch for, is demuxed as a local file is.
+
+    ``max_pixels``: a stream whose pictures are declared larger is ``too_large``, refused
+    before FFmpeg allocates one (:mod:`.bounds`)."""
     from .. import storage
 
     if from_index is None:
         from_index = storage.is_url(path)
-    if from_index:
-        info = _probe_index(path)
-        if info is not None:
-            return info
-    return _probe(path)
+    with ffmpeg_bound(max_pixels) as bound:
+        try:
+            info = _probe_index(path, bound) if from_index else None
+            if info is None:
+                info = _probe(path, bound)
+        except SampleError:
+            bound.check(path)  # a picture FFmpeg refused for its size is why it failed
+            raise
+        bound.check(path)
+    return info
 
 
-def _probe_index(path: str) -> Optional[VideoInfo]:
+def _open(source, bound: FFmpegBound, path: str):
+    """``av.open`` with FFmpeg's picture bound, then the declared size checked before any
+    frame is decoded."""
+    container = av.open(source, metadata_errors="ignore", options=bound.options)
+    try:
+        for stream in container.streams.video[:1]:
+            cc = stream.codec_context
+            check_pixels(cc.width, cc.height, bound.limit, path)
+            if bound.options:
+                cc.options = dict(bound.options)
+        bound.check(path)
+    except BaseException:
+        container.close()
+        raise
+    return container
+
+
+def _probe_index(path: str, bound: FFmpegBound) -> Optional[VideoInfo]:
     from .. import storage
     from .mp4index import composition_offsets
 
@@ -102,7 +128,7 @@ def _probe_index(path: str) -> Optional[VideoInfo]:
                 source.seek(0)
             if not offsets:
                 return None
-            with av.open(source, metadata_errors="ignore") as container:
+            with _open(source, bound, path) as container:
                 if not container.streams.video or "mp4" not in container.format.name:
                     return None
                 stream = container.streams.video[0]
@@ -139,7 +165,7 @@ def _probe_index(path: str) -> Optional[VideoInfo]:
                      temporal_layers=2 if codec == "hevc" else 1, average_rate=float(rate) if rate else None)
 
 
-def _probe(path: str) -> VideoInfo:
+def _probe(path: str, bound: FFmpegBound) -> VideoInfo:
     """Read every packet header of the first video stream (no decoding).
 
     Raises :class:`SampleError` (``decode_error`` / ``no_frames``) for files that are not
@@ -148,7 +174,7 @@ def _probe(path: str) -> VideoInfo:
     from .. import storage
 
     try:
-        with storage.open_media(path) as source, av.open(source, metadata_errors="ignore") as container:
+        with storage.open_media(path) as source, _open(source, bound, path) as container:
             if not container.streams.video:
                 raise SampleError(NO_FRAMES, "no video stream", path=path)
             stream = container.streams.video[0]

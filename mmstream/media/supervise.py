@@ -144,13 +144,19 @@ def _decode_into(request: dict, fd: int, decode_media) -> dict:
     plan: MediaPlan = request["plan"]
     shape = tuple(request["shape"])
     size = int(np.prod(shape))
-    with mmap.mmap(fd, size) as buf:
+    buf = mmap.mmap(fd, size)
+    try:
         out = np.frombuffer(buf, dtype=np.uint8).reshape(shape)
         clip = decode_media(plan, request["sampling"], out=out)
         n = clip.num_frames
         del out, clip.frames
         return {"n": n, "indices": plan.indices, "timestamps": plan.timestamps,
                 "clip_timestamps": clip.timestamps, "source_indices": clip.source_indices, "fps": clip.fps}
+    finally:
+        try:
+            buf.close()
+        except BufferError:  # a decode error's traceback still holds a view: unmapped when it is dropped
+            pass  # (closing here raised, and the record's own reason became decode_error)
 
 
 # -- the worker's side --------------------------------------------------------------------------

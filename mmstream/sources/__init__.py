@@ -27,7 +27,7 @@ from typing import Iterator, Union
 from ..config import SourceConfig
 from ..errors import BAD_RECORD, ConfigError, SampleError
 from ..types import Record
-from .jsonstream import Span, scan, sniff
+from .jsonstream import Limits, Span, scan, sniff
 from .schemas import CONVERTERS, Converter, Slot, check_tags, looks_like_t2vid_pages
 
 FORMATS = tuple(CONVERTERS) + ("auto",)
@@ -90,6 +90,11 @@ def converter_for(src: SourceConfig) -> Converter:
     return _convert_auto if src.format == "auto" else CONVERTERS[src.format]
 
 
+def limits_of(src: SourceConfig) -> Limits:
+    """What one record of ``src`` may hold (``max_record_mb``, ``max_json_depth``)."""
+    return Limits(max_bytes=int(src.max_record_mb * (1 << 20)), max_depth=src.max_json_depth)
+
+
 def iter_source(src: SourceConfig) -> Iterator[Union[Record, SampleError]]:
     """Yield one :class:`Record` or :class:`SampleError` per position of ``src.annotations``.
 
@@ -111,7 +116,7 @@ def iter_source_spans(src: SourceConfig) -> Iterator[tuple[Union[Record, SampleE
 def _iter(src: SourceConfig, convert: Converter) -> Iterator[tuple[Union[Record, SampleError], Span]]:
     if src.limit is not None and src.limit <= 0:
         return
-    items = scan(src.annotations)
+    items = scan(src.annotations, limits=limits_of(src))
     try:
         for position, (obj, span) in enumerate(items):
             yield one_item(obj, record_key(src.name, position), position, src, convert), span
@@ -135,9 +140,11 @@ def one_item(obj: object, key: str, position: int, src: SourceConfig,
         record = convert(obj, at)
         check_tags(record)
     except SampleError as err:
-        return err.with_context(key=at.key, path=path)
+        # an outcome, not an exception in flight: without its traceback, whose frames (and the
+        # dataset generator's frames behind them, holding decoded clips) it would keep alive
+        return err.with_context(key=at.key, path=path).with_traceback(None)
     return record
 
 
 __all__ = ["iter_source", "iter_source_spans", "one_item", "converter_for", "detect_format", "record_key",
-           "FORMATS"]
+           "limits_of", "FORMATS"]

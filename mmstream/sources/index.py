@@ -43,6 +43,7 @@ Item = Union[Record, SampleError]
 
 _STATUS = ("ok", BAD_JSON, UNREADABLE_TAIL)
 _STATUS_CODE = {s: i for i, s in enumerate(_STATUS)}
+_MAX_LENGTH = (1 << 31) - 1  # what the int32 length column holds
 #: Sources above this size show a progress bar while they are indexed (when stderr is a terminal).
 PROGRESS_BYTES = 64 << 20
 
@@ -164,7 +165,7 @@ class RecordIndex:
             for item, span in _with_progress(iter_source_spans(scan_src), scan_src, progress):
                 src_ids.append(s)
                 offsets.append(span.offset)
-                lengths.append(span.length)
+                lengths.append(min(span.length, _MAX_LENGTH))  # a bad span over 2 GiB: read_span does not read it
                 statuses.append(_STATUS_CODE[span.status])
                 sig = media_signature(item) if isinstance(item, Record) else None
                 key = _key_hash(s, sig) | 1 if sig is not None else 0
@@ -220,14 +221,14 @@ class RecordIndex:
 
     def item(self, p: int) -> Item:
         """Position ``p`` as the source gave it: a Record, or the SampleError it was."""
-        from . import converter_for, one_item, record_key
+        from . import converter_for, limits_of, one_item, record_key
 
         s = int(self.source[p])
         src_span = self.sources[s]
         src = self.config.sources[s]
         span = Span(int(self.offset[p]), int(self.length[p]), _STATUS[int(self.status[p])])
         local = p - src_span.first
-        obj = read_span(self._file(s), span, src_span.path)
+        obj = read_span(self._file(s), span, src_span.path, limits=limits_of(src))
         item = one_item(obj, record_key(src.name, local), local, src, converter_for(src))
         if isinstance(item, Record):
             item.index = p

@@ -89,6 +89,13 @@ def can_skip_nonref(info: VideoInfo) -> bool:
     return info.codec == "hevc" and info.temporal_layers == 1
 
 
+def picture_bound(info: VideoInfo) -> int:
+    """FFmpeg's ``max_pixels`` for decoding a probed stream: the probed size with room for
+    the decoder's alignment padding, so that a picture larger than the probe saw (a stream
+    that changes its size midway) is refused before it is allocated."""
+    return (info.width + 256) * (info.height + 256)
+
+
 def decoder_threads(threads: int) -> tuple[int, Optional[str]]:
     """(FFmpeg thread_count, thread_type) for a thread count (callers resolve 0 = auto first)."""
     if threads <= 1:
@@ -108,9 +115,12 @@ class PyAVBackend(Backend):
         from ... import storage
 
         out: dict[int, np.ndarray] = {}
+        bound = {"max_pixels": str(picture_bound(info))}
         try:
-            with storage.open_media(path) as source, av.open(source, metadata_errors="ignore") as container:
+            with storage.open_media(path) as source, \
+                    av.open(source, metadata_errors="ignore", options=bound) as container:
                 stream = container.streams.video[0]
+                stream.codec_context.options = dict(bound)
                 count, kind = decoder_threads(threads)
                 if kind:
                     stream.thread_type = kind
