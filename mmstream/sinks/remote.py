@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any
+from typing import Any, Optional
 
 from .. import storage
 from . import manifest as mf
@@ -103,14 +103,22 @@ class RemoteOutput:
                                     for rel in record_image_paths(record):
                                         if not os.path.exists(os.path.join(self.local, rel)):
                                             self.download(rel)
+        self.delete_unlisted(rank, listed, names)
+
+    def delete(self, rel: str) -> None:
+        storage._retrying("deleting", self.url, lambda: self.fs.rm_file(self._remote(rel)))
+
+    def delete_unlisted(self, rank: int, listed: set[str], names: Optional[list[str]] = None) -> None:
+        """Delete this rank's shards in the bucket that no manifest lists (uploaded just before
+        a kill, or by a Ray writer whose result never reached the driver)."""
         from .shards import parse_shard_name
 
-        for n in names:
+        for n in self.names() if names is None else names:
             parsed = parse_shard_name(n)
             if parsed is not None and n not in listed and (parsed["rank"] in (rank, None)):
                 log.info("removing %s from the bucket: no manifest lists it (uploaded before a kill)",
                          storage.redact(f"{self.url}/{n}"))
-                storage._retrying("deleting", self.url, lambda n=n: self.fs.rm_file(self._remote(n)))
+                self.delete(n)
 
     def gather(self) -> None:
         """Every rank's manifest and shards in the mirror (to finalize)."""
