@@ -48,7 +48,8 @@ requires_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.e
 
 #: Test modules that start clusters, kill processes or count /dev/shm entries: under
 #: pytest-xdist they run one after another on one worker (``--dist loadgroup``).
-SERIAL_MODULES = {"test_lifetime", "test_ray_engine", "test_supervise", "test_storage"}
+SERIAL_MODULES = {"test_lifetime", "test_ray_engine", "test_ray_cluster", "test_supervise", "test_storage",
+                  "test_index_cache"}
 
 
 def pytest_collection_modifyitems(config, items):
