@@ -124,20 +124,45 @@ def tar_samples(out) -> dict:
     return samples
 
 
-def test_ray_workers_write_the_local_engines_samples_byte_for_byte(demo, tmp_path):
-    local, ray_out = tmp_path / "local", tmp_path / "ray"
+def test_ray_workers_upload_the_local_engines_samples_to_a_bucket(demo, tmp_path):
+    """wds into a bucket: each Ray writer uploads its shards on commit; every sample's tar members
+    are the local engine's, byte for byte; the driver received only manifest entries."""
+    import boto3
+    import s3fs
+    import yaml
+
+    from mmstream.config import StorageConfig
+    from mmstream.sinks.remote import verify_url
+    from servers import s3_server
+
+    local = tmp_path / "local"
     assert cli("cache", demo, "--output", str(local), "--layout", "wds", "--workers", "1", "--no-progress").returncode == 0
-    res = cli("cache", demo, "--output", str(ray_out), "--layout", "wds", "--engine", "ray", "--workers", "2",
-              "--no-progress", "--json")
-    assert res.returncode == 0, res.stderr[-3000:]
-    a, b = tar_samples(local), tar_samples(ray_out)
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with s3_server() as endpoint:
+        opts = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket="out")
+        cfg = yaml.safe_load(open(demo))
+        cfg["output"] = dict(cfg["output"], layout="wds", options={"staging_dir": str(tmp_path / "staging"),
+                                                                    "storage_options": opts})
+        bucket_cfg = os.path.join(os.path.dirname(demo), "to_bucket.yaml")  # beside it: the same relative paths
+        with open(bucket_cfg, "w") as f:
+            yaml.safe_dump(cfg, f)
+        res = cli("cache", bucket_cfg, "--output", "s3://out/cache", "--engine", "ray", "--workers", "2",
+                  "--no-progress", "--json")
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert verify_url("s3://out/cache", StorageConfig(options=opts)).ok
+        got = tmp_path / "got"
+        s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing").get("out/cache/", str(got),
+                                                                                         recursive=True)
+    a, b = tar_samples(local), tar_samples(got)
     assert sorted(a) == sorted(b) and a == b  # the same keys, each sample's members byte for byte
-    run = json.loads((ray_out / "manifest.json").read_text())["runs"]["0"]
+    m = json.loads((got / "manifest.json").read_text())
+    assert all(parse_shard_name(s["name"])["writer"] is not None for s in m["shards"])  # written by workers
+    run = m["runs"]["0"]
     frames = sum(len(v) for sample in b.values() for ext, v in sample.items() if ext.endswith("jpg"))
-    assert run["shard_bytes_written"] == sum(os.path.getsize(p) for p in ray_out.glob("*.tar"))
-    # the driver received manifest entries (keys, hashes), not the frames
-    assert 0 < run["driver_bytes_received"] < frames / 10
-    assert verify(str(ray_out)).ok
+    assert run["shard_bytes_written"] == sum(os.path.getsize(p) for p in got.glob("*.tar"))
+    assert 0 < run["driver_bytes_received"] < frames / 10  # keys and hashes, not the frames
 
 
 def ray_workers():
