@@ -69,7 +69,7 @@ def run(args) -> int:
     if args.engine == "ray":  # Ray starts in the background while torch and the index load
         from ..sinks.ray_engine import RaySession
 
-        with RaySession(args.address, args.workers or None) as session:
+        with RaySession(args.address, args.workers or None, actors=args.ray_actors) as session:
             return _run(args, session)
     return _run(args, None)
 

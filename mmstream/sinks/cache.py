@@ -152,7 +152,7 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
     if engine == "ray" and ray_session is None:
         from .ray_engine import RaySession
 
-        own = ray_session = RaySession(address, workers or None)
+        own = ray_session = RaySession(address, workers or None, actors=ray_actors)
     try:
         return _run_cache(config, output_dir, workers, rank, world_size, resume, progress, finalize,
                           dataset_factory, engine, ray_session, ray_actors)
@@ -330,11 +330,13 @@ def _ray_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, wo
     dropped_keys: set[str] = set()
     first = None
     received = written = 0
+    busy: dict[str, float] = {}  # seconds of work per Ray worker process
     for result, size in run_writers(dataset, spec, session, first_writer=max(writers, default=-1) + 1,
                                     actors=actors, recorded=recorded):
         first = first or time.monotonic()
         received += size
         written += result.frame_bytes
+        busy[result.worker] = busy.get(result.worker, 0.0) + result.busy_s
         for d in result.drops:
             if d.key not in covered and d.key not in dropped_keys and d.key not in recorded:
                 dropped_keys.add(d.key)  # (a group redone after its writer died: once)
@@ -361,8 +363,12 @@ def _ray_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, wo
     _clean_leftovers(out, config, rank, world_size, listed)  # written by writers whose results never came
     if remote is not None:
         remote.delete_unlisted(rank, listed)
+    loads = sorted(busy.values(), reverse=True)
     return {"first": first, "extra": {"writers": "actors" if actors else "tasks",
-                                      "driver_bytes_received": received, "shard_bytes_written": written}}
+                                      "driver_bytes_received": received, "shard_bytes_written": written,
+                                      "worker_busy_s": [round(b, 2) for b in loads],
+                                      "busy_max_over_mean": round(loads[0] / (sum(loads) / len(loads)), 3)
+                                      if loads and sum(loads) > 0 else None}}
 
 
 def _remove_shard(out: str, name: str, remote: Optional["RemoteOutput"]) -> None:

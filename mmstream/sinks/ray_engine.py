@@ -43,6 +43,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -104,12 +105,21 @@ class Result:
     groups: list = field(default_factory=list)
     writer: int = -1
     frame_bytes: int = 0  # files layout: frame files written (a shard's bytes count its part only)
+    worker: str = ""  # the Ray worker process (node and pid) that did it
+    busy_s: float = 0.0  # seconds it spent on it
 
 
 class Writer:
-    """A writer's state in a Ray worker: the dataset, an encoder and a rotating shard writer."""
+    """A writer's state in a Ray worker: the dataset, an encoder and a rotating shard writer.
+    ``Writer()`` only imports what a writer needs (an actor started while the driver still
+    builds the index); :meth:`open` then gives it its dataset and writer id."""
 
-    def __init__(self, dataset: Any, spec: WriterSpec, writer: int):
+    def __init__(self, dataset: Any = None, spec: Optional[WriterSpec] = None, writer: int = -1):
+        _warm_worker()
+        if spec is not None:
+            self.open(dataset, spec, writer)
+
+    def open(self, dataset: Any, spec: WriterSpec, writer: int) -> None:
         import ray
 
         from ..media.backends import grant_cores
@@ -128,7 +138,8 @@ class Writer:
         os.makedirs(spec.out, exist_ok=True)
         cls = FilesWriter if spec.output.layout == "files" else ShardWriter
         self.writer = cls(spec.out, spec.name_for(writer), maxcount=spec.output.maxcount, on_commit=self._commit)
-        self.result = Result(writer=writer)
+        self.where = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
+        self.result = Result(writer=writer, worker=self.where)
         self.sink = SampleSink(self.writer, on_drop=self.result.drops.append)
         self._open: set[int] = set()
 
@@ -145,6 +156,7 @@ class Writer:
         from ..types import Drop
         from .sink import encode_item
 
+        t0 = time.monotonic()
         ds = self.dataset
         if skip:
             ds.skip_keys = frozenset(ds.skip_keys) | frozenset(skip)
@@ -159,15 +171,18 @@ class Writer:
             if self.sink.kept > kept:
                 self._open.add(int(g))
             self.result.groups.append(int(g))
+        self.result.busy_s += time.monotonic() - t0
         return self._take()
 
     def close(self) -> Result:
         """Commit the open shard; the last entries."""
+        t0 = time.monotonic()
         self.writer.close()
+        self.result.busy_s += time.monotonic() - t0
         return self._take()
 
     def _take(self) -> Result:
-        out, self.result = self.result, Result(writer=self.id)
+        out, self.result = self.result, Result(writer=self.id, worker=self.where)
         self.sink.on_drop = self.result.drops.append
         out.kept = self.sink.kept
         self.sink.kept = 0
@@ -184,6 +199,7 @@ def _task(dataset: Any, spec: WriterSpec, writer: int, groups: list[int]) -> Res
     first.drops += last.drops
     first.kept += last.kept
     first.frame_bytes += last.frame_bytes
+    first.busy_s += last.busy_s
     first.open = []
     return first
 
@@ -224,7 +240,8 @@ def run_writers(dataset: Any, spec: WriterSpec, session: "RaySession", *, first_
     cpus = session.cpus()
     counter = iter(range(first_writer, 1 << 62))
     if actors:
-        yield from _run_actors(ref, dataset, spec, order, cpus, counter, recorded if recorded is not None else set())
+        yield from _run_actors(ref, dataset, spec, order, session.actors(), counter,
+                               recorded if recorded is not None else set())
         return
     sizes = np.diff(dataset.index.group_start)[order]
     batches = collections.deque(plan_batches(order, dataset.index.group_cost[order], sizes, cpus,
@@ -239,11 +256,17 @@ def run_writers(dataset: Any, spec: WriterSpec, session: "RaySession", *, first_
         yield _received(_get(done[0]))
 
 
-def _run_actors(ref, dataset, spec: WriterSpec, order: np.ndarray, cpus: int, counter, recorded: set[str]):
+def _actor_class():
+    import ray
+
+    return ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(Writer)
+
+
+def _run_actors(ref, dataset, spec: WriterSpec, order: np.ndarray, started: list, counter, recorded: set[str]):
     import ray
     from ray.exceptions import RayActorError
 
-    actor_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(Writer)
+    actor_cls = _actor_class()
     queue = collections.deque((int(g), None) for g in order)
     open_of: dict[int, list[int]] = {}  # actor slot -> groups with samples in its open shard
     actors: dict[int, Any] = {}
@@ -251,13 +274,14 @@ def _run_actors(ref, dataset, spec: WriterSpec, order: np.ndarray, cpus: int, co
     closed: set[int] = set()
     slots = iter(range(1 << 62))
 
-    def start_actor() -> None:
+    def start_actor(actor=None) -> None:
         slot = next(slots)
-        actors[slot] = actor_cls.remote(ref, spec, next(counter))
+        actors[slot] = actor or actor_cls.remote()
+        actors[slot].open.remote(ref, spec, next(counter))  # (its calls run in order: open first)
         open_of[slot] = []
 
-    for _ in range(cpus):
-        start_actor()
+    for actor in started:  # the session's actors, importing since Ray started
+        start_actor(actor)
     while True:
         idle = [s for s in actors if s not in closed and all(v[0] != s for v in busy.values())]
         for slot in idle:
@@ -378,12 +402,13 @@ class RaySession:
     Starting a local instance takes seconds (its processes; then each worker imports
     torch and transformers before its first task), which would otherwise add to every
     run's wall time; here it overlaps with the driver's own start-up, and a warm-up task
-    per CPU has the workers import what the writers need (Ray reuses those workers).
+    per CPU has the workers import what the writers need (Ray reuses those workers), or,
+    with ``actors``, the writer actors start at once and import it themselves.
     Raises a ConfigError naming the install line at once when Ray is not installed."""
 
-    def __init__(self, address: Optional[str] = None, workers: Optional[int] = None):
+    def __init__(self, address: Optional[str] = None, workers: Optional[int] = None, actors: bool = False):
         require_ray()
-        self.address, self.workers = address, workers
+        self.address, self.workers, self.use_actors = address, workers, actors
         self.info: Optional[dict] = None
         self._error: Optional[BaseException] = None
         self._warm: list = []  # the warm-up tasks' results (held, not awaited)
@@ -398,8 +423,12 @@ class RaySession:
             self.info = start(self.address, self.workers)
             import ray
 
-            warm = ray.remote(num_cpus=1, max_retries=0)(_warm_worker)
-            self._warm = [warm.remote() for _ in range(self.cpus())]
+            if self.use_actors:  # the writers themselves, importing what they need meanwhile
+                cls = _actor_class()
+                self._warm = [cls.remote() for _ in range(self.cpus())]
+            else:
+                warm = ray.remote(num_cpus=1, max_retries=0)(_warm_worker)
+                self._warm = [warm.remote() for _ in range(self.cpus())]
         except BaseException as exc:  # raised where the run waits for Ray
             self._error = exc
         finally:
@@ -415,6 +444,15 @@ class RaySession:
         import ray
 
         return max(1, int(self.workers or ray.cluster_resources().get("CPU", 1)))
+
+    def actors(self) -> list:
+        """The writer actors started with the session (``actors=True``), one per CPU; else
+        as many new ones."""
+        self.wait()
+        if self.use_actors:
+            return list(self._warm)
+        cls = _actor_class()
+        return [cls.remote() for _ in range(self.cpus())]
 
     def wait(self) -> dict:
         """Block until Ray is up; what was started (or the error starting it)."""
