@@ -17,10 +17,13 @@ processes, with the node's index cache (``XDG_CACHE_HOME``) in a folder of its o
   them builds, the others wait for it); the wall time is the slowest's;
 * **per-worker memory**: 2 DataLoader workers each walk their whole share (every group
   of the epoch order, every index array) and report RSS, PSS and USS
-  (``/proc/self/smaps_rollup``), against the same with a one-record config. The index is
-  a read-only mapping of the cache file shared by every process of the node: RSS counts
-  its pages in every process that touched them, PSS divides them among those processes
-  (one copy in RAM for the node), USS is what a worker holds alone.
+  (``/proc/self/smaps_rollup``) against the same with a one-record config, and the
+  resident and proportional size of their mapping of the index file (``/proc/self/smaps``).
+  The index is a read-only mapping shared by every process of the node: RSS counts its
+  pages in every process that touched them, PSS divides them among those processes (one
+  copy in RAM for the node). A worker's index memory is reported as its mapping's PSS plus
+  its USS growth (what it allocated alone); whole-process PSS deltas are noisy on a shared
+  machine (other processes map the same libraries).
 """
 from __future__ import annotations
 
@@ -54,6 +57,18 @@ def smaps_mb():
                 out[parts[0].rstrip(":")] = int(parts[1]) / 1024
     return {"rss_mb": out["Rss"], "pss_mb": out["Pss"], "uss_mb": out["Private_Clean"] + out["Private_Dirty"]}
 
+def index_map_mb():
+    # the mapping of the index cache file in this process: its resident pages, and their share
+    out, inside = {"map_rss_mb": 0.0, "map_pss_mb": 0.0}, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and len(parts) >= 5:
+                inside = len(parts) >= 6 and parts[-1].endswith(".idx")
+            elif inside and parts[0] in ("Rss:", "Pss:"):
+                out["map_" + parts[0][:-1].lower() + "_mb"] += int(parts[1]) / 1024
+    return out
+
 class Walk(StreamingDataset):
     def __iter__(self):
         me, total = self.shard()
@@ -61,7 +76,7 @@ class Walk(StreamingDataset):
         for g in self.my_groups(me, total):
             n += len(self.index.members(int(g)))
         touched = sum(int(getattr(self.index, a).view("u1").sum()) for a in self.index.ARRAYS)
-        yield {"records": n, "t": touched, **smaps_mb()}
+        yield {"records": n, "t": touched, **smaps_mb(), **index_map_mb()}
 
 cfg = {"sources": [{"name": "llava178k", "format": "llava", "annotations": ann, "media_root": root}]}
 if ready:
@@ -174,6 +189,9 @@ def run(records: int, videos: int, data_dir: str, repeat: int = 3, ranks: int = 
     main = cold[0]
     per = {k: [round(w[k] - o[k], 1) for w, o in zip(walked["workers"], one["workers"])]
            for k in ("rss_mb", "pss_mb", "uss_mb")}
+    # what the index costs a worker: its share of the mapped file (PSS of the mapping) plus
+    # what the worker allocated beyond the one-record run (USS: its own arrays, e.g. the epoch order)
+    index_mb = [round(w["map_pss_mb"] + max(0.0, u), 1) for w, u in zip(walked["workers"], per["uss_mb"])]
     warm_s = med(m["construct_s"] for m in warm)
     return {"records": records, "videos": videos, "annotation_bytes": os.path.getsize(big), "repeat": repeat,
             "real_videos": bool(videos_from), "probed_videos": main["probed_videos"],
@@ -187,8 +205,10 @@ def run(records: int, videos: int, data_dir: str, repeat: int = 3, ranks: int = 
             "main_peak_mb": main["main_peak_mb"], "main_peak_mb_one_record": one["main"]["main_peak_mb"],
             "worker_rss_mb": [w["rss_mb"] for w in walked["workers"]],
             "worker_rss_mb_one_record": [w["rss_mb"] for w in one["workers"]],
-            "worker_index_mb": per["rss_mb"], "worker_index_pss_mb": per["pss_mb"],
-            "worker_index_uss_mb": per["uss_mb"], "worker_records": [w["records"] for w in walked["workers"]]}
+            "worker_index_mb": per["rss_mb"], "worker_pss_mb": per["pss_mb"], "worker_index_uss_mb": per["uss_mb"],
+            "worker_index_map_rss_mb": [round(w["map_rss_mb"], 1) for w in walked["workers"]],
+            "worker_index_map_pss_mb": [round(w["map_pss_mb"], 1) for w in walked["workers"]],
+            "worker_index_pss_mb": index_mb, "worker_records": [w["records"] for w in walked["workers"]]}
 
 
 def main(argv=None) -> int:

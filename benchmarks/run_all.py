@@ -485,10 +485,13 @@ def scale_targets(res: dict) -> list[dict]:
         worst = max(idx["worker_index_pss_mb"])
         rows.append({"target": f"Per-worker index memory at {idx['records'] / 1e6:.1f}M records",
                      "goal": "< 20 MB", "value": worst, "met": worst < 20,
-                     "measured": f"PSS {', '.join(f'{m:.1f}' for m in idx['worker_index_pss_mb'])} MB, USS "
-                                 f"{', '.join(f'{m:.1f}' for m in idx['worker_index_uss_mb'])} MB, RSS "
-                                 f"{', '.join(f'{m:.0f}' for m in idx['worker_index_mb'])} MB per worker (index "
-                                 f"{idx['index_mb']} MB, one read-only mapping shared by every process of the node)",
+                     "measured": f"{', '.join(f'{m:.1f}' for m in idx['worker_index_pss_mb'])} MB per worker: "
+                                 f"its share (PSS) of the mapped index, "
+                                 f"{', '.join(f'{m:.1f}' for m in idx['worker_index_map_pss_mb'])} MB (resident "
+                                 f"{', '.join(f'{m:.0f}' for m in idx['worker_index_map_rss_mb'])} MB, one copy "
+                                 f"shared by the node's processes), plus its own allocations (USS growth "
+                                 f"{', '.join(f'{m:.1f}' for m in idx['worker_index_uss_mb'])} MB); RSS growth "
+                                 f"{', '.join(f'{m:.0f}' for m in idx['worker_index_mb'])} MB (index {idx['index_mb']} MB)",
                      "command": idx["command"], "note": ""})
     cost = res.get("cost")
     if cost:

@@ -190,9 +190,24 @@ class Writer:
         return out
 
 
-def _task(dataset: Any, spec: WriterSpec, writer: int, groups: list[int]) -> Result:
+_LOADED: dict[str, Any] = {}
+
+
+def _dataset(boxed: list) -> Any:
+    """The dataset behind ``boxed[0]`` (an ObjectRef, boxed so that Ray does not resolve it
+    for every task): fetched once per worker process, which runs many tasks."""
+    import ray
+
+    key = boxed[0].hex()
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = ray.get(boxed[0])
+    return _LOADED[key]
+
+
+def _task(boxed: list, spec: WriterSpec, writer: int, groups: list[int]) -> Result:
     """A task: a fresh writer for ``groups``, its shards committed at the end."""
-    w = Writer(dataset, spec, writer)
+    w = Writer(_dataset(boxed), spec, writer)
     first = w.run(groups)
     last = w.close()
     first.shards += last.shards
@@ -250,7 +265,7 @@ def run_writers(dataset: Any, spec: WriterSpec, session: "RaySession", *, first_
     running: dict = {}
     while batches or running:
         while batches and len(running) < cpus:  # one batch per CPU at a time: the order holds
-            running[task.remote(ref, spec, next(counter), batches.popleft())] = True
+            running[task.remote([ref], spec, next(counter), batches.popleft())] = True
         done, _ = ray.wait(list(running), num_returns=1)
         del running[done[0]]
         yield _received(_get(done[0]))
