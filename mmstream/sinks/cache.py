@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Where the stages run: DataLoader workers on this machine, or Ray Data tasks.
+#: Where the stages run: DataLoader workers on this machine, or Ray workers that write their own shards.
 ENGINES = ("local", "ray")
 #: DataLoader workers when none are asked for: the cores, at most this many.
 MAX_DEFAULT_WORKERS = 8
