@@ -235,3 +235,22 @@ def test_a_killed_driver_resumes(small, tmp_path):
     assert summary["resumed"] and summary["already_done"] > 0 and summary["finalized"]
     assert_same_cache(reference, out)
     assert verify(str(out)).ok
+
+
+def test_task_batches_cover_every_group_once_large_first_small_last():
+    import numpy as np
+
+    from mmstream.sinks.ray_engine import SMALLEST, plan_batches
+
+    costs = np.concatenate([[60.0], np.full(40, 0.7)])  # one long video among short ones, costliest first
+    sizes = np.full(41, 2)
+    batches = plan_batches(np.arange(41), costs, sizes, 2, maxcount=16)
+    assert [g for b in batches for g in b] == list(range(41))  # each once, in the costliest-first order
+    assert batches[0] == [0]  # the long video alone, first
+    assert all(sizes[b].sum() <= 16 for b in batches)
+    loads = [costs[b].sum() for b in batches[1:]]
+    assert loads == sorted(loads, reverse=True)  # guided: smaller and smaller batches
+    whole = costs.sum()
+    for b in batches[1:-1]:  # each holds a share of the rest, not less than the floor
+        assert costs[b].sum() >= whole / (SMALLEST * 2) - 0.7
+    assert len(plan_batches(np.arange(41), costs, sizes, 2, maxcount=1)) == 41  # maxcount: one group each

@@ -20,10 +20,11 @@ metadata as for the local engine. Writers name their shards ``PREFIX-w<writer>-<
 
 Two kinds of writers:
 
-* **tasks** (default): one Ray task per batch of groups (a batch holds about a
-  ``TASKS_PER_CPU``-th of a CPU's share of the cost and at most ``maxcount`` samples; the
-  costliest group of all goes first, alone when it is large), its shards committed when it
-  ends. A task whose worker or node dies is run again by Ray (``MAX_RETRIES``) under the
+* **tasks** (default): one Ray task per batch of groups, its shards committed when it
+  ends. Batches are cut from the costliest groups on (a large group alone), each holding
+  ``1 / (GUIDED x CPUs)`` of the cost still to plan (guided scheduling: large batches
+  first, small ones last, so the writers finish together) but no less than ``1 /
+  (SMALLEST x CPUs)`` of the whole, and at most ``maxcount`` samples. A task whose worker or node dies is run again by Ray (``MAX_RETRIES``) under the
   same writer id, so it writes the same names again.
 * **actors** (``--ray-actors``): one actor per CPU, one group per call and one call at a
   time per actor (a 30-minute video never holds a short group back), shards rotating at
@@ -51,9 +52,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: Batches of decode groups per CPU in the task mode: more balance the load better, fewer
-#: make fewer (larger) shards.
-TASKS_PER_CPU = 4
+#: Task mode: a batch of groups holds 1 / (GUIDED x CPUs) of the cost not yet planned...
+GUIDED = 2
+#: ...and no less than 1 / (SMALLEST x CPUs) of the whole (batches are shards: not too many).
+SMALLEST = 16
 #: Runs of a task whose worker process or node died (Ray's retries).
 MAX_RETRIES = 4
 RAY_MISSING = "--engine ray needs Ray: pip install 'mmstream[ray]'"
@@ -220,15 +222,21 @@ def _task(boxed: list, spec: WriterSpec, writer: int, groups: list[int]) -> Resu
 
 
 def plan_batches(order: np.ndarray, costs: np.ndarray, sizes: np.ndarray, cpus: int, maxcount: int) -> list[list[int]]:
-    """Groups (``order``: costliest first) cut into task batches of about a
-    ``TASKS_PER_CPU``-th of a CPU's share of the cost and at most ``maxcount`` records."""
-    target = float(costs.sum()) / (TASKS_PER_CPU * max(1, cpus))
+    """Groups (``order``: costliest first) cut into task batches: each holds ``1 / (GUIDED x
+    cpus)`` of the cost not yet in a batch, at least ``1 / (SMALLEST x cpus)`` of the whole,
+    and at most ``maxcount`` records (a group larger than that: a batch of its own)."""
+    cpus = max(1, cpus)
+    left = float(costs.sum())
+    floor = left / (SMALLEST * cpus)
     batches: list[list[int]] = []
     cur: list[int] = []
     cost = count = 0.0
+    target = max(left / (GUIDED * cpus), floor)
     for g, c, n in zip(order.tolist(), costs.tolist(), sizes.tolist()):
         if cur and (cost + c > target or count + n > maxcount):
             batches.append(cur)
+            left -= cost
+            target = max(left / (GUIDED * cpus), floor)
             cur, cost, count = [], 0.0, 0.0
         cur.append(g)
         cost += c
@@ -490,4 +498,4 @@ class RaySession:
 
 
 __all__ = ["run_writers", "start", "RaySession", "WriterSpec", "Writer", "Result", "plan_batches",
-           "require_ray", "MAX_RETRIES", "TASKS_PER_CPU"]
+           "require_ray", "MAX_RETRIES", "GUIDED", "SMALLEST"]
