@@ -197,3 +197,21 @@ def test_remote_annotations_are_downloaded_once_per_node(tmp_path):
     assert sorted(r["status"] for r in results) == ["built", "loaded", "loaded", "loaded"]
     got = sum(n for method, path, n in RangeHandler.requests_seen if method == "GET" and path == "/ann.jsonl")
     assert got == size  # one download, by one process, for the four
+
+
+def test_a_cache_folder_that_cannot_be_made_builds_in_the_process(small, tmp_path, caplog):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    config = load_config(dict(small, sampling={"storage": {"cache_dir": str(blocker / "cache")}}))
+    with caplog.at_level(logging.WARNING, logger="mmstream.sources.index_cache"):
+        index = RecordIndex.open(config)
+    assert index.cache["status"] == "built" and index.num_positions == 9
+    assert same_arrays(index, RecordIndex.open(config, cache=False))
+    assert any("cannot use the record index cache" in r.getMessage() for r in caplog.records)
+
+
+def test_the_cache_goes_to_sampling_storage_cache_dir(small, tmp_path):
+    config = load_config(dict(small, sampling={"storage": {"cache_dir": str(tmp_path / "node_cache")}}))
+    index = RecordIndex.open(config)
+    assert index.cache["path"].startswith(str(tmp_path / "node_cache" / "index") + os.sep)
+    assert RecordIndex.open(config).cache["status"] == "loaded"

@@ -71,12 +71,20 @@ def load_or_build(path: str, key: dict, build: Callable[[], tuple[Arrays, dict]]
     if got is not None:
         _touch(path)
         return got[0], got[1], "loaded"
+    from ..errors import MmstreamError
     from ..sinks.manifest import file_lock  # the project's lockf lock (released even on kill -9)
 
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
     t0 = time.monotonic()
-    with file_lock(folder, os.path.basename(path) + ".lock", what="building the record index", blocking=True):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        lock = file_lock(folder, os.path.basename(path) + ".lock", what="building the record index", blocking=True)
+        lock.__enter__()
+    except (OSError, MmstreamError) as exc:  # no cache folder to be had: this process builds its own
+        log.warning("cannot use the record index cache in %s (%s): building the index here", folder, exc)
+        arrays, meta = build()
+        return arrays, meta, "built"
+    try:
         got, why = load(path, key)  # built meanwhile by the process we waited for?
         if got is not None:
             log.info("record index %s: built by another process (waited %.1f s)", path, time.monotonic() - t0)
@@ -93,6 +101,8 @@ def load_or_build(path: str, key: dict, build: Callable[[], tuple[Arrays, dict]]
         except OSError as exc:  # a read-only or full cache folder: this run goes on without it
             log.warning("cannot save the record index to %s: %s", path, exc)
             return arrays, meta, "built"
+    finally:
+        lock.__exit__(None, None, None)
     got, why = load(path, key)  # the mapped copy, so this process shares it too
     if got is None:
         log.warning("record index %s cannot be read back (%s); using the built copy", path, why)
