@@ -267,6 +267,11 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
         bar.update(1)
         show()
 
+    def kept(n: int) -> None:
+        stats["kept"] += n
+        bar.update(n)
+        show()
+
     dataset = factory(config, emit_drops=True, rank=rank, world_size=world_size, skip_keys=frozenset(covered))
     index = getattr(dataset, "index", None)
     if index is not None:
@@ -276,10 +281,9 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
         if engine == "ray":
             assert ray_session is not None
             run = _ray_loop(config, out, manifest, rank, world_size, dataset, covered, remote, ray_session,
-                            ray_actors, record, drop, bar, stats)
+                            ray_actors, record, drop, kept)
         else:
-            run = _local_loop(config, out, manifest, rank, world_size, workers, dataset, covered, record, drop,
-                              bar, stats)
+            run = _local_loop(config, out, manifest, rank, world_size, workers, dataset, covered, record, drop, kept)
         elapsed = time.monotonic() - started
         manifest.run = {"engine": engine, "records": stats["kept"] + sum(dropped.values()), "kept": stats["kept"],
                         "dropped": dict(sorted(dropped.items())), "seconds": round(elapsed, 3),
@@ -295,7 +299,7 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
 
 
 def _local_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, world_size: int, workers: int,
-                dataset: Any, covered: set[str], record: Callable, drop: Callable, bar, stats: dict) -> dict:
+                dataset: Any, covered: set[str], record: Callable, drop: Callable, kept: Callable) -> dict:
     """DataLoader workers decode and encode; this process writes every shard."""
     import torch.utils.data
 
@@ -310,14 +314,13 @@ def _local_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
         for item in loader:
             first = first or time.monotonic()
             if sink.put(item):
-                stats["kept"] += 1
-                bar.update(1)
+                kept(1)
     return {"first": first, "extra": {}}
 
 
 def _ray_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, world_size: int, dataset: Any,
               covered: set[str], remote: Optional["RemoteOutput"], session: "RaySession", actors: bool,
-              record: Callable, drop: Callable, bar, stats: dict) -> dict:
+              record: Callable, drop: Callable, kept: Callable) -> dict:
     """Ray workers decode, encode and write their own shards; this process records the
     manifest entries they return (:mod:`.ray_engine`)."""
     from .ray_engine import WriterSpec, run_writers
@@ -356,8 +359,7 @@ def _ray_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, wo
             names.add(info.name)
             recorded.update(info.keys)
             written += info.bytes
-            stats["kept"] += info.count
-            bar.update(info.count)
+            kept(info.count)
             record(info, upload=False)  # the worker uploaded it (a bucket output)
     listed = {s["name"] for s in manifest.shards}
     _clean_leftovers(out, config, rank, world_size, listed)  # written by writers whose results never came
