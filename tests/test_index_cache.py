@@ -153,16 +153,20 @@ def test_a_damaged_cache_file_is_rebuilt_never_used(small, damage, caplog):
     assert RecordIndex.open(config).cache["status"] == "loaded"  # the rebuilt file is sound
 
 
+def mapped(a: np.ndarray) -> bool:
+    """Whether ``a`` is a view of a memory-mapped file."""
+    base = a
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    return isinstance(base, mmap.mmap)
+
+
 def test_the_arrays_are_a_read_only_mapping_of_the_file(small):
     index = RecordIndex.open(load_config(small))
     index = RecordIndex.open(load_config(small))
     for name in RecordIndex.ARRAYS:
         a = getattr(index, name)
-        assert not a.flags.writeable, name
-        base = a
-        while base is not None and not isinstance(base, mmap.mmap):
-            base = getattr(base, "base", None) if not isinstance(base, memoryview) else base.obj
-        assert isinstance(base, mmap.mmap), name
+        assert not a.flags.writeable and mapped(a), name
 
 
 def test_the_same_epochs_and_keys_as_without_a_cache(tmp_path):
@@ -215,3 +219,16 @@ def test_the_cache_goes_to_sampling_storage_cache_dir(small, tmp_path):
     index = RecordIndex.open(config)
     assert index.cache["path"].startswith(str(tmp_path / "node_cache" / "index") + os.sep)
     assert RecordIndex.open(config).cache["status"] == "loaded"
+
+
+def test_a_pickled_index_maps_the_nodes_file_again(small):
+    """What a spawn/forkserver DataLoader worker or a Ray worker gets: the node's file mapped
+    again while it is the same index, else the pickled arrays."""
+    import pickle
+
+    index = RecordIndex.open(load_config(small))
+    copy = pickle.loads(pickle.dumps(index))
+    assert same_arrays(copy, index) and mapped(copy.offset)
+    os.remove(index.cache["path"])  # another node, or rebuilt since: the arrays that came along
+    alone = pickle.loads(pickle.dumps(index))
+    assert same_arrays(alone, index) and not mapped(alone.offset)

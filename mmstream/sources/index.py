@@ -155,7 +155,7 @@ class RecordIndex:
         t0 = time.monotonic()
         arrays, meta, status = index_cache.load_or_build(path, key, build)
         index = cls(config, [SourceSpan(*s) for s in meta["sources"]], arrays,
-                    {"status": status, "path": path, "built": meta.get("built")})
+                    {"status": status, "path": path, "built": meta.get("built"), "sha256": meta.get("sha256")})
         if status == "loaded":
             log.info("record index of %d records in %d decode groups loaded from %s in %.2f s",
                      index.num_positions, index.num_groups, path, time.monotonic() - t0)
@@ -268,15 +268,23 @@ class RecordIndex:
         """Records read per source (every position, good or not)."""
         return {s.name: s.count for s in self.sources}
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_files"] = {}
-        return state
+    def __reduce__(self):
+        # pickled (a spawn or forkserver DataLoader worker, a Ray task): the arrays travel, and
+        # where the node's cache file is still the same index the copy maps it instead
+        return _restore, (self.config, self.sources, {name: getattr(self, name) for name in self.ARRAYS}, self.cache)
 
     def close(self) -> None:
         for f in self._files.values():
             f.close()
         self._files = {}
+
+
+def _restore(config: Config, sources: list[SourceSpan], arrays: dict[str, np.ndarray], cache: dict) -> RecordIndex:
+    from . import index_cache
+
+    if cache.get("path") and cache.get("sha256"):
+        arrays = index_cache.remap(cache["path"], cache["sha256"]) or arrays
+    return RecordIndex(config, sources, arrays, cache)
 
 
 def local_annotations(src: SourceConfig) -> str:

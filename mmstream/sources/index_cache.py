@@ -145,8 +145,11 @@ def save(path: str, key: dict, arrays: Arrays, meta: dict) -> None:
             os.remove(tmp)
 
 
-def load(path: str, key: dict) -> tuple[Optional[tuple[Arrays, dict]], str]:
-    """``((arrays, meta), "ok")``, or ``(None, why)`` for a file that is missing, stale or damaged."""
+def load(path: str, key: Optional[dict], sha256: Optional[str] = None) -> tuple[Optional[tuple[Arrays, dict]], str]:
+    """``((arrays, meta), "ok")``, or ``(None, why)`` for a file that is missing, stale or
+    damaged. ``meta`` gains the data's ``sha256``. Given ``sha256`` instead of ``key`` (the
+    file another process of the node checked fully), the data's recorded sha256 must be that
+    one and is not computed again: what an unpickled index maps (:func:`remap`)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -172,11 +175,13 @@ def load(path: str, key: dict) -> tuple[Optional[tuple[Arrays, dict]], str]:
     try:
         header = json.loads(mm[_PREFIX.size:_PREFIX.size + hlen])
         start = _aligned(_PREFIX.size + hlen)
-        if header["key"] != json.loads(json.dumps(key)):
+        if key is not None and header["key"] != json.loads(json.dumps(key)):
             return None, "stale (the annotations or the config changed)"
+        if sha256 is not None and header["sha256"] != sha256:
+            return None, "another index (rebuilt since)"
         if size != start + int(header["data_bytes"]):
             return None, f"truncated or extended ({size} bytes, expected {start + int(header['data_bytes'])})"
-        if hashlib.sha256(memoryview(mm)[start:]).hexdigest() != header["sha256"]:
+        if sha256 is None and hashlib.sha256(memoryview(mm)[start:]).hexdigest() != header["sha256"]:
             return None, "damaged (sha256 differs)"
         arrays = {}
         for name, spec in header["arrays"].items():
@@ -189,7 +194,15 @@ def load(path: str, key: dict) -> tuple[Optional[tuple[Arrays, dict]], str]:
             arrays[name] = np.frombuffer(mm, dtype, count, at).reshape(shape)
     except (ValueError, KeyError, TypeError) as exc:
         return None, f"unreadable header ({exc})"
-    return (arrays, header["meta"]), "ok"
+    return (arrays, dict(header["meta"], sha256=header["sha256"])), "ok"
+
+
+def remap(path: str, sha256: str) -> Optional[Arrays]:
+    """The arrays of the index file at ``path`` if it is still the one whose data has
+    ``sha256``, mapped again (a DataLoader worker started by spawn or forkserver, which got
+    the index pickled); None when it is gone or was rebuilt since."""
+    got, _ = load(path, None, sha256)
+    return None if got is None else got[0]
 
 
 def prune(folder: str, keep: str, days: float = KEEP_DAYS) -> None:
@@ -224,4 +237,4 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-__all__ = ["load_or_build", "load", "save", "index_file", "cache_root", "FORMAT_VERSION"]
+__all__ = ["load_or_build", "load", "remap", "save", "index_file", "cache_root", "FORMAT_VERSION"]
