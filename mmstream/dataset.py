@@ -4,12 +4,13 @@ DataLoader workers, each video decoded once however many records use it.
     ds = StreamingDataset("configs/t2vid_minicpmv.yaml")
     loader = StatefulDataLoader(ds, batch_size=None, num_workers=4)
 
-At construction the annotations are indexed once (:mod:`mmstream.sources.index`):
-every record's byte span and its **decode group**, the records whose media are the
-same files in the same source. An epoch is a permutation of the groups seeded by
+At construction the annotations are indexed once per node (:mod:`mmstream.sources.index`,
+cached and memory-mapped by every rank and worker): every record's byte span and its
+**decode group**, the records whose media are the same files in the same source. An epoch is a permutation of the groups seeded by
 (seed, epoch); the groups are split over the world_size x num_workers workers (a
 worker's global id is rank x num_workers + worker_id) so that each worker's summed
-decode cost (its media's bytes) is about the same (:func:`split_by_cost`), and each
+decode cost (:mod:`mmstream.media.cost`: its planned frames, frame size, duration and GOP)
+is about the same (:func:`split_by_cost`), and each
 worker takes its groups in epoch order. So every record is yielded (or dropped) exactly once
 per epoch for any world size and worker count, every worker computes the same order
 without talking to the others, and a group's media are planned and decoded once, in
@@ -71,12 +72,15 @@ class StreamingDataset(IterableDataset):
     silently (the CLI uses it to count). ``skip_keys``: records to pass over before
     any decoding (a resumed cache run). ``rank``/``world_size`` override the
     distributed setup. ``progress``: show a progress bar while large annotation files
-    are indexed (default: when stderr is a terminal).
+    are indexed (default: when stderr is a terminal). ``index_cache``: load the record
+    index from the node's cache, or build and save it there (False: build it here, save
+    nothing; :mod:`mmstream.sources.index_cache`).
     """
 
     def __init__(self, config: Union[str, os.PathLike, dict, Config], *, emit_drops: bool = False,
                  rank: Optional[int] = None, world_size: Optional[int] = None,
-                 skip_keys: Optional[Iterable[str]] = None, progress: Optional[bool] = None):
+                 skip_keys: Optional[Iterable[str]] = None, progress: Optional[bool] = None,
+                 index_cache: bool = True):
         super().__init__()
         self.config = load_config(config)
         self.emit_drops = emit_drops
@@ -96,7 +100,8 @@ class StreamingDataset(IterableDataset):
         check_runtime(self.config)
         resolve_rank(self._rank, self._world, self.config)
         self.pipeline = Pipeline(self.config, self.model)  # its budgets check the filter sections now
-        self.index = RecordIndex.build(self.config, progress=progress)  # annotation files: ConfigError now
+        # annotation files: ConfigError now; the node's cached index when it is current
+        self.index = RecordIndex.open(self.config, progress=progress, cache=index_cache)
         self.epoch = 0
         self._resume: Optional[dict[str, Any]] = None
         self._progress: Optional[_Progress] = None

@@ -29,13 +29,27 @@ def text_config(tmp_path):
             "loader": {"seed": 3}}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_home(tmp_path_factory):
+    """Record indexes and annotation copies go to this session's folder, not ~/.cache
+    (subprocesses inherit it)."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache_home"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 requires_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None and not os.environ.get("CI"),
                                      reason="ffmpeg CLI not installed (make test installs it)")
 
 
 #: Test modules that start clusters, kill processes or count /dev/shm entries: under
 #: pytest-xdist they run one after another on one worker (``--dist loadgroup``).
-SERIAL_MODULES = {"test_lifetime", "test_ray_engine", "test_supervise", "test_storage", "test_soak"}
+SERIAL_MODULES = {"test_lifetime", "test_ray_engine", "test_ray_cluster", "test_supervise", "test_storage",
+                  "test_index_cache", "test_soak"}
 
 
 def pytest_collection_modifyitems(config, items):

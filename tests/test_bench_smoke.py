@@ -103,9 +103,24 @@ def test_qa_set_decodes_each_video_once(quick_data):
 
 def test_index_memory_script(tmp_path):
     r = run_json(os.path.join("benchmarks", "index_memory.py"), "--records", "3000", "--videos", "400",
-                 "--data", str(tmp_path), "--json")
+                 "--data", str(tmp_path), "--repeat", "1", "--ranks", "2", "--json")
     assert r["records"] == 3000 and r["groups"] == 400 and sum(r["worker_records"]) == 3000
     assert 0 < r["index_mb"] < 1 and all(m < 50 for m in r["worker_index_mb"])
+    assert r["cold_s"] > 0 and r["warm_s"] > 0 and r["ranks_warm_s"] > 0
+    assert r["ranks_cold_builds"] == [1]  # two ranks starting together: one builds, the other waits
+    assert len(r["worker_index_pss_mb"]) == len(r["worker_index_uss_mb"]) == 2
+
+
+@requires_ffmpeg
+def test_cost_fit_script(quick_data):
+    out, manifest = quick_data
+    r = run_json(os.path.join("benchmarks", "cost_fit.py"), str(out), "--repeat", "1", "--json")
+    for sampling in ("capped", "dense"):
+        got = r[sampling]
+        assert set(got["measured_cpu_s"]) == set(r["videos"]) and all(v > 0 for v in got["measured_cpu_s"].values())
+        assert all(v > 0 for v in got["model_s"].values())
+        for split in got["split_max_over_mean"].values():
+            assert set(split) == {"model", "sqrt_bytes", "bytes", "count"} and all(v >= 1 for v in split.values())
 
 
 @requires_ffmpeg

@@ -171,3 +171,30 @@ def test_cli_has_cache_finalize_verify(reference, capsys):
     assert main(["verify", str(out)]) == 0
     assert main(["finalize", str(out)]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+# `mmstream cache --engine ray` where Ray cannot be imported: a finder that hides it
+NO_RAY = """
+import sys
+
+class HideRay:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, HideRay())
+from mmstream.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_ray_engine_without_ray_is_one_line_naming_the_install(tmp_path, text_config):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(dict(text_config, model={"name": "minicpmv-2.5"})))
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-c", NO_RAY, "cache", str(cfg), "--output", str(out), "--engine", "ray"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == ["mmstream cache: error: --engine ray needs Ray: "
+                                               "pip install 'mmstream[ray]'"]
+    assert not out.exists()  # said at once, before anything was read or written

@@ -1,11 +1,14 @@
 """mmstream cache --engine ray on a local Ray instance (2 CPUs): the same output as the local
-engine, a killed Ray worker's task retried (output complete, exactly once), and a killed
+engine (files layout: records and frame files; wds: every sample's tar members, byte for
+byte) with the shards written by the Ray workers (the driver receives only manifest
+entries), a killed Ray worker's task retried (output complete, exactly once), and a killed
 driver resumed."""
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -13,6 +16,7 @@ import pytest
 pytest.importorskip("ray")
 
 from mmstream.sinks import run_cache, verify  # noqa: E402
+from mmstream.sinks.shards import parse_shard_name  # noqa: E402
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -100,10 +104,65 @@ def test_ray_engine_writes_what_the_local_engine_writes(demo, reference, tmp_pat
     a, b = cache_contents(local), cache_contents(ray_out)
     assert a[0] == b[0] and a[1] == b[1]  # the same keys, every record the same
     assert a[2] == b[2]  # every frame file, byte for byte
-    assert a[3]["counts"] == b[3]["counts"]
+    counts = lambda m: {k: v for k, v in m["counts"].items() if k != "shards"}  # noqa: E731 (boundaries differ)
+    assert counts(a[3]) == counts(b[3])
     assert b[3]["engines"] == {"0": "ray"} and a[3]["engines"] == {"0": "local"}
     assert b[3]["runs"]["0"]["kept"] == a[3]["counts"]["kept"] and b[3]["runs"]["0"]["samples_per_s"] > 0
+    assert all(parse_shard_name(s["name"])["writer"] is not None for s in b[3]["shards"])  # written by workers
     assert verify(str(ray_out)).ok
+
+
+def tar_samples(out) -> dict:
+    """{key: {member extension: bytes}} over every shard of a finalized wds cache."""
+    m = json.loads((out / "manifest.json").read_text())
+    samples: dict = {}
+    for s in m["shards"]:
+        with tarfile.open(out / s["name"]) as tar:
+            for member in tar:
+                key, ext = member.name.split(".", 1)
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+def test_ray_workers_upload_the_local_engines_samples_to_a_bucket(demo, tmp_path):
+    """wds into a bucket: each Ray writer uploads its shards on commit; every sample's tar members
+    are the local engine's, byte for byte; the driver received only manifest entries."""
+    import boto3
+    import s3fs
+    import yaml
+
+    from mmstream.config import StorageConfig
+    from mmstream.sinks.remote import verify_url
+    from servers import s3_server
+
+    local = tmp_path / "local"
+    assert cli("cache", demo, "--output", str(local), "--layout", "wds", "--workers", "1", "--no-progress").returncode == 0
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with s3_server() as endpoint:
+        opts = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket="out")
+        cfg = yaml.safe_load(open(demo))
+        cfg["output"] = dict(cfg["output"], layout="wds", options={"staging_dir": str(tmp_path / "staging"),
+                                                                    "storage_options": opts})
+        bucket_cfg = os.path.join(os.path.dirname(demo), "to_bucket.yaml")  # beside it: the same relative paths
+        with open(bucket_cfg, "w") as f:
+            yaml.safe_dump(cfg, f)
+        res = cli("cache", bucket_cfg, "--output", "s3://out/cache", "--engine", "ray", "--workers", "2",
+                  "--no-progress", "--json")
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert verify_url("s3://out/cache", StorageConfig(options=opts)).ok
+        got = tmp_path / "got"
+        s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing").get("out/cache/", str(got),
+                                                                                         recursive=True)
+    a, b = tar_samples(local), tar_samples(got)
+    assert sorted(a) == sorted(b) and a == b  # the same keys, each sample's members byte for byte
+    m = json.loads((got / "manifest.json").read_text())
+    assert all(parse_shard_name(s["name"])["writer"] is not None for s in m["shards"])  # written by workers
+    run = m["runs"]["0"]
+    frames = sum(len(v) for sample in b.values() for ext, v in sample.items() if ext.endswith("jpg"))
+    assert run["shard_bytes_written"] == sum(os.path.getsize(p) for p in got.glob("*.tar"))
+    assert 0 < run["driver_bytes_received"] < frames / 10  # keys and hashes, not the frames
 
 
 def ray_workers():
@@ -116,7 +175,7 @@ def ray_workers():
             cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if cmd.startswith("ray::") and "MapBatches" in cmd:
+        if cmd.startswith("ray::") and ("_task" in cmd or "Writer" in cmd):
             out.append(int(pid))
     return out
 
@@ -176,3 +235,22 @@ def test_a_killed_driver_resumes(small, tmp_path):
     assert summary["resumed"] and summary["already_done"] > 0 and summary["finalized"]
     assert_same_cache(reference, out)
     assert verify(str(out)).ok
+
+
+def test_task_batches_cover_every_group_once_large_first_small_last():
+    import numpy as np
+
+    from mmstream.sinks.ray_engine import SMALLEST, plan_batches
+
+    costs = np.concatenate([[60.0], np.full(40, 0.7)])  # one long video among short ones, costliest first
+    sizes = np.full(41, 2)
+    batches = plan_batches(np.arange(41), costs, sizes, 2, maxcount=16)
+    assert [g for b in batches for g in b] == list(range(41))  # each once, in the costliest-first order
+    assert batches[0] == [0]  # the long video alone, first
+    assert all(sizes[b].sum() <= 16 for b in batches)
+    loads = [costs[b].sum() for b in batches[1:]]
+    assert loads == sorted(loads, reverse=True)  # guided: smaller and smaller batches
+    whole = costs.sum()
+    for b in batches[1:-1]:  # each holds a share of the rest, not less than the floor
+        assert costs[b].sum() >= whole / (SMALLEST * 2) - 0.7
+    assert len(plan_batches(np.arange(41), costs, sizes, 2, maxcount=1)) == 41  # maxcount: one group each

@@ -307,9 +307,15 @@ def test_split_ratio_parsing():
 def test_shard_names_round_trip():
     assert shard_name("pretrain", 7) == "pretrain-000007.tar"
     assert shard_name("pretrain", 7, rank=1, world_size=2) == "pretrain-r1-000007.tar"
-    assert parse_shard_name("pretrain-r1-000007.tar") == {"prefix": "pretrain", "rank": 1, "index": 7, "ext": "tar"}
-    assert parse_shard_name("my-data-000002.json") == {"prefix": "my-data", "rank": None, "index": 2, "ext": "json"}
+    assert parse_shard_name("pretrain-r1-000007.tar") == {"prefix": "pretrain", "rank": 1, "writer": None, "index": 7,
+                                                          "ext": "tar"}
+    assert parse_shard_name("my-data-000002.json") == {"prefix": "my-data", "rank": None, "writer": None, "index": 2,
+                                                       "ext": "json"}
     assert parse_shard_name("pretrain-000007.tar.tmp-99") is None
+    # written by a Ray writer (mmstream cache --engine ray)
+    assert shard_name("pretrain", 7, writer=3) == "pretrain-w3-000007.tar"
+    assert parse_shard_name(shard_name("my-data", 2, rank=1, world_size=2, writer=12, ext="json")) == \
+        {"prefix": "my-data", "rank": 1, "writer": 12, "index": 2, "ext": "json"}
 
 
 def test_output_format_needs_a_matching_model(tmp_path):

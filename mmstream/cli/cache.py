@@ -25,6 +25,7 @@ examples:
   torchrun --nproc-per-node 4 --no-python mmstream cache cfg.yaml --output /data/cache
   mmstream cache cfg.yaml --output /data/cache --rank 1 --world-size 2; mmstream finalize /data/cache
   mmstream cache cfg.yaml --output /data/cache --engine ray --address auto   # on a running Ray cluster
+  mmstream cache cfg.yaml --output s3://bucket/cache --engine ray --address auto --ray-actors
 """
 
 
@@ -47,8 +48,12 @@ def register(subparsers) -> None:
     p.add_argument("--maxcount", type=int, default=None, metavar="N",
                    help="override output.maxcount (samples per shard)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="where the stages run: local DataLoader workers (default), or Ray Data tasks over decode "
-                        "groups, balanced dynamically and retried on worker loss (pip install 'mmstream[ray]')")
+                   help="where the stages run: local DataLoader workers (default), or Ray workers that decode "
+                        "groups, balanced dynamically and retried on worker loss, and write their own shards "
+                        "(pip install 'mmstream[ray]')")
+    p.add_argument("--ray-actors", action="store_true",
+                   help="with --engine ray: an actor pool (one writer per CPU, a group per call, shards of "
+                        "--maxcount samples) instead of tasks (a shard per batch of groups)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="with --engine ray: the Ray cluster to use (default: start a local Ray instance)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
@@ -64,7 +69,7 @@ def run(args) -> int:
     if args.engine == "ray":  # Ray starts in the background while torch and the index load
         from ..sinks.ray_engine import RaySession
 
-        with RaySession(args.address, args.workers or None) as session:
+        with RaySession(args.address, args.workers or None, actors=args.ray_actors) as session:
             return _run(args, session)
     return _run(args, None)
 
@@ -80,7 +85,7 @@ def _run(args, session) -> int:
         config = dataclasses.replace(config, output=dataclasses.replace(config.output, **changes))
     summary = run_cache(config, args.output, workers=args.workers, rank=args.rank, world_size=args.world_size,
                         resume=args.resume, progress=args.progress, finalize="auto" if args.finalize else False,
-                        engine=args.engine, address=args.address, ray_session=session)
+                        engine=args.engine, address=args.address, ray_session=session, ray_actors=args.ray_actors)
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

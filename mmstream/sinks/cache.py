@@ -47,15 +47,14 @@ from .atomic import TMP_MARK, is_tmp_name, remove_quietly
 from .formats import IMAGES_DIR, check_output, encoder_for
 from .remote import RemoteOutput, staging_dir
 from .shards import PARTS_DIR, FilesWriter, ShardWriter, parse_shard_name, record_image_paths, shard_name
+from .sink import DUPLICATE_KEY, SampleSink, encode_item  # noqa: F401  (DUPLICATE_KEY: importable from here too)
 
 if TYPE_CHECKING:
     from .ray_engine import RaySession
 
 log = logging.getLogger(__name__)
 
-#: Drop reason for a key that a source yields twice (a key must be unique).
-DUPLICATE_KEY = "duplicate_key"
-#: Where the stages run: DataLoader workers on this machine, or Ray Data tasks.
+#: Where the stages run: DataLoader workers on this machine, or Ray workers that write their own shards.
 ENGINES = ("local", "ray")
 #: DataLoader workers when none are asked for: the cores, at most this many.
 MAX_DEFAULT_WORKERS = 8
@@ -123,21 +122,7 @@ class EncodeSamples(IterableDataset):
     def __iter__(self):
         encode = encoder_for(self.output)
         for item in self.dataset:
-            if isinstance(item, Drop):
-                yield item
-                continue
-            if not isinstance(item, Sample):
-                raise MmstreamError(f"the dataset yielded {type(item).__name__}, expected Sample or Drop")
-            try:
-                encoded = encode(item)
-            except SampleError as exc:
-                if self.strict:
-                    raise
-                exc.with_context(key=item.key)
-                yield Drop(item.key, item.source, exc.reason, exc.path, exc.message)
-                continue
-            encoded.source = item.source
-            yield encoded
+            yield encode_item(encode, item, strict=self.strict)
 
 
 def _default_factory(config: Config, **kwargs):
@@ -149,7 +134,8 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
               workers: Optional[int] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
               resume: bool = True, progress: bool = True, finalize: Union[bool, str] = "auto",
               dataset_factory: Optional[DatasetFactory] = None, engine: str = "local",
-              address: Optional[str] = None, ray_session: Optional["RaySession"] = None) -> dict[str, Any]:
+              address: Optional[str] = None, ray_session: Optional["RaySession"] = None,
+              ray_actors: bool = False) -> dict[str, Any]:
     """Cache the configured stream into ``output_dir``; return a summary dict.
 
     ``resume=False`` deletes what this rank wrote before and starts it over.
@@ -157,10 +143,11 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
     ``True`` always (fails if a rank is missing), ``False`` never.
     ``dataset_factory(config, emit_drops=True, rank=, world_size=, skip_keys=)`` builds
     the iterable of Sample/Drop (default: :class:`mmstream.StreamingDataset`).
-    ``engine``: ``local`` (DataLoader workers) or ``ray`` (Ray Data tasks over decode
-    groups, on the cluster at ``address`` or a local Ray instance; :mod:`.ray_engine`),
-    on ``ray_session`` when one was started already (else one is started here, at once, so
-    that Ray comes up while the index is built).
+    ``engine``: ``local`` (DataLoader workers) or ``ray`` (Ray workers that decode and
+    write their own shards, on the cluster at ``address`` or a local Ray instance;
+    :mod:`.ray_engine`), on ``ray_session`` when one was started already (else one is
+    started here, at once, so that Ray comes up while the index is built);
+    ``ray_actors``: an actor pool (one writer per CPU) instead of tasks.
     """
     if engine not in ENGINES:
         raise ConfigError(f"engine: {engine!r} is not one of {ENGINES}")
@@ -168,10 +155,10 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
     if engine == "ray" and ray_session is None:
         from .ray_engine import RaySession
 
-        own = ray_session = RaySession(address, workers or None)
+        own = ray_session = RaySession(address, workers or None, actors=ray_actors)
     try:
         return _run_cache(config, output_dir, workers, rank, world_size, resume, progress, finalize,
-                          dataset_factory, engine, ray_session)
+                          dataset_factory, engine, ray_session, ray_actors)
     finally:
         if own is not None:
             own.close()
@@ -179,7 +166,7 @@ def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
 
 def _run_cache(config, output_dir: str, workers: Optional[int], rank: Optional[int], world_size: Optional[int],
                resume: bool, progress: bool, finalize: Union[bool, str], dataset_factory: Optional[DatasetFactory],
-               engine: str, ray_session: Optional["RaySession"]) -> dict[str, Any]:
+               engine: str, ray_session: Optional["RaySession"], ray_actors: bool = False) -> dict[str, Any]:
     config = load_config(config)
     # group by group: a group's samples then reach the writer together (its frames are
     # encoded once and, in the files layout, written once); mixing is for training
@@ -221,7 +208,7 @@ def _run_cache(config, output_dir: str, workers: Optional[int], rank: Optional[i
             remove_quietly(os.path.join(out, mf.MANIFEST))  # the folder is changing: no longer final
             manifest.engine = engine
             stats = _cache_loop(config, out, manifest, rank, world_size, workers, progress,
-                                dataset_factory or _default_factory, remote, engine, ray_session)
+                                dataset_factory or _default_factory, remote, engine, ray_session, ray_actors)
     elapsed = time.monotonic() - started
     counts = manifest.counts()
     summary = {
@@ -255,15 +242,13 @@ def _run_cache(config, output_dir: str, workers: Optional[int], rank: Optional[i
 def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, world_size: int,
                 workers: int, progress: bool, factory: DatasetFactory,
                 remote: Optional["RemoteOutput"] = None, engine: str = "local",
-                ray_session: Optional["RaySession"] = None) -> dict[str, Any]:
-    import torch.utils.data
+                ray_session: Optional["RaySession"] = None, ray_actors: bool = False) -> dict[str, Any]:
     from tqdm import tqdm
 
     covered = manifest.covered_keys()
     pending: list[Drop] = []
     dropped: dict[str, int] = {}
-    seen: set[str] = set()
-    stats = {"kept": 0, "dropped": dropped, "shards": 0}
+    stats: dict[str, Any] = {"kept": 0, "dropped": dropped, "shards": 0}
     bar = tqdm(desc=f"cache rank {rank}/{world_size} ({engine})", unit="record", disable=not progress,
                dynamic_ncols=True)
     started = time.monotonic()
@@ -274,8 +259,9 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
                             + (f" ({reasons})" if reasons else "") + f" shards {len(manifest.shards)}",
                             refresh=False)
 
-    def on_commit(info) -> None:
-        if remote is not None:
+    def record(info, upload: bool) -> None:
+        """A committed shard into the manifest, with the drops since the previous one."""
+        if upload and remote is not None:
             remote.upload_shard(info)  # under its final name, before a manifest lists it
         manifest.add_shard(info, pending)
         if remote is not None:
@@ -294,58 +280,116 @@ def _cache_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
         bar.update(1)
         show()
 
-    writer_cls = FilesWriter if config.output.layout == "files" else ShardWriter
-    writer = writer_cls(out, _name_for(config, rank, world_size), maxcount=config.output.maxcount,
-                        start_index=manifest.next_index(), on_commit=on_commit)
+    def kept(n: int) -> None:
+        stats["kept"] += n
+        bar.update(n)
+        show()
+
     dataset = factory(config, emit_drops=True, rank=rank, world_size=world_size, skip_keys=frozenset(covered))
     index = getattr(dataset, "index", None)
     if index is not None:
         stats["records_read"] = index.source_counts()
         bar.total = max(0, index.num_positions - len(covered)) if world_size == 1 else None
-    if engine == "ray":
-        from .ray_engine import ray_items
-
-        assert ray_session is not None
-        loader = ray_items(dataset, config.output, ray_session)
-    else:
-        encoding = EncodeSamples(dataset, config.output, strict=config.strict)
-        loader = torch.utils.data.DataLoader(encoding, batch_size=None, num_workers=workers, collate_fn=_identity)
-    dropped_keys: set[str] = set()
-    first_item = None
     try:
-        with writer:
-            for item in loader:
-                if first_item is None:
-                    first_item = time.monotonic() - started
-                if isinstance(item, Drop):
-                    if item.key not in covered and item.key not in dropped_keys:  # (a retried Ray task: once)
-                        dropped_keys.add(item.key)
-                        drop(item)
-                    continue
-                if engine == "ray" and item.key in seen:
-                    continue  # a retried Ray task yields its group again: each key is written once
-                if item.key in covered or item.key in seen:
-                    if item.files and isinstance(writer, FilesWriter):
-                        writer.store_files(item)  # frames other records of its group name
-                    if item.key in seen:
-                        drop(Drop(item.key, item.source, DUPLICATE_KEY, message="key yielded twice"))
-                    continue  # covered: already cached (a dataset that ignores skip_keys)
-                seen.add(item.key)
-                writer.write(item)
-                stats["kept"] += 1
-                bar.update(1)
-                show()
+        if engine == "ray":
+            assert ray_session is not None
+            run = _ray_loop(config, out, manifest, rank, world_size, dataset, covered, remote, ray_session,
+                            ray_actors, record, drop, kept)
+        else:
+            run = _local_loop(config, out, manifest, rank, world_size, workers, dataset, covered, record, drop, kept)
         elapsed = time.monotonic() - started
         manifest.run = {"engine": engine, "records": stats["kept"] + sum(dropped.values()), "kept": stats["kept"],
                         "dropped": dict(sorted(dropped.items())), "seconds": round(elapsed, 3),
                         "samples_per_s": round(stats["kept"] / elapsed, 3) if elapsed > 0 else None,
-                        "first_item_s": None if first_item is None else round(first_item, 3)}
+                        "first_item_s": None if run["first"] is None else round(run["first"] - started, 3),
+                        **run["extra"]}
         manifest.finish(pending)
         if remote is not None:
             remote.upload(os.path.basename(manifest.path))
     finally:
         bar.close()
     return stats
+
+
+def _local_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, world_size: int, workers: int,
+                dataset: Any, covered: set[str], record: Callable, drop: Callable, kept: Callable) -> dict:
+    """DataLoader workers decode and encode; this process writes every shard."""
+    import torch.utils.data
+
+    writer_cls = FilesWriter if config.output.layout == "files" else ShardWriter
+    writer = writer_cls(out, _name_for(config, rank, world_size), maxcount=config.output.maxcount,
+                        start_index=manifest.next_index(), on_commit=lambda info: record(info, upload=True))
+    sink = SampleSink(writer, covered=covered, on_drop=drop)
+    encoding = EncodeSamples(dataset, config.output, strict=config.strict)
+    loader = torch.utils.data.DataLoader(encoding, batch_size=None, num_workers=workers, collate_fn=_identity)
+    first = None
+    with writer:
+        for item in loader:
+            first = first or time.monotonic()
+            if sink.put(item):
+                kept(1)
+    return {"first": first, "extra": {}}
+
+
+def _ray_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, world_size: int, dataset: Any,
+              covered: set[str], remote: Optional["RemoteOutput"], session: "RaySession", actors: bool,
+              record: Callable, drop: Callable, kept: Callable) -> dict:
+    """Ray workers decode, encode and write their own shards; this process records the
+    manifest entries they return (:mod:`.ray_engine`)."""
+    from .ray_engine import WriterSpec, run_writers
+
+    spec = WriterSpec(config.output, out, shard_prefix(config), rank, world_size, config.strict,
+                      (remote.url, remote.conf) if remote is not None else None)
+    names = {s["name"] for s in manifest.shards}
+    writers = [p["writer"] for p in map(parse_shard_name, names) if p is not None and p["writer"] is not None]
+    recorded = {k for s in manifest.shards for k in s["keys"]}  # kept keys in listed shards
+    dropped_keys: set[str] = set()
+    first = None
+    received = written = 0
+    busy: dict[str, float] = {}  # seconds of work per Ray worker process
+    for result, size in run_writers(dataset, spec, session, first_writer=max(writers, default=-1) + 1,
+                                    actors=actors, recorded=recorded):
+        first = first or time.monotonic()
+        received += size
+        written += result.frame_bytes
+        busy[result.worker] = busy.get(result.worker, 0.0) + result.busy_s
+        for d in result.drops:
+            if d.key not in covered and d.key not in dropped_keys and d.key not in recorded:
+                dropped_keys.add(d.key)  # (a group redone after its writer died: once)
+                drop(d)
+        for info in result.shards:
+            again = [k for k in info.keys if k in recorded]
+            if again:  # its keys are in a recorded shard already: a writer's work done twice
+                if len(again) != len(info.keys):
+                    raise MmstreamError(f"shard {info.name} holds {len(again)} key(s) of recorded shards and "
+                                        f"{len(info.keys) - len(again)} new one(s)")
+                if info.name not in names:
+                    _remove_shard(out, info.name, remote)
+                continue
+            if remote is None and not os.path.isfile(os.path.join(out, info.name)):
+                raise MmstreamError(f"a Ray worker wrote {info.name} into {out}, which this machine does not see: "
+                                    f"with several machines the output must be a shared folder or a bucket")
+            names.add(info.name)
+            recorded.update(info.keys)
+            written += info.bytes
+            kept(info.count)
+            record(info, upload=False)  # the worker uploaded it (a bucket output)
+    listed = {s["name"] for s in manifest.shards}
+    _clean_leftovers(out, config, rank, world_size, listed)  # written by writers whose results never came
+    if remote is not None:
+        remote.delete_unlisted(rank, listed)
+    loads = sorted(busy.values(), reverse=True)
+    return {"first": first, "extra": {"writers": "actors" if actors else "tasks",
+                                      "driver_bytes_received": received, "shard_bytes_written": written,
+                                      "worker_busy_s": [round(b, 2) for b in loads],
+                                      "busy_max_over_mean": round(loads[0] / (sum(loads) / len(loads)), 3)
+                                      if loads and sum(loads) > 0 else None}}
+
+
+def _remove_shard(out: str, name: str, remote: Optional["RemoteOutput"]) -> None:
+    remove_quietly(os.path.join(out, name))
+    if remote is not None:
+        remote.remove(name)
 
 
 def manifest_config(config: Config) -> dict[str, Any]:

@@ -1,86 +1,374 @@
-"""``mmstream cache --engine ray``: the same stages, scheduled by Ray Data over decode groups.
+"""``mmstream cache --engine ray``: the same stages on a Ray cluster, each worker writing its
+own shards.
 
-    with RaySession(address=None, workers=None) as session:   # Ray starts in the background
+    with RaySession(address=None, workers=None) as session:      # Ray starts in the background
         dataset = StreamingDataset(config, emit_drops=True)
-        for item in ray_items(dataset, output_cfg, session):
-            ...   # Encoded samples and Drops, as the DataLoader would have given them
+        for result in run_writers(dataset, spec, session):         # shard entries and drops
+            ...                                                    # the driver records them
 
-Ray starts (a local instance, or a connection to ``address``) while the driver builds
-the StreamingDataset (the index, the skip keys of a resumed run), which then goes to
-the tasks pickled once. Ray Data runs one task per block of decode groups
-(``GROUPS_PER_TASK``): each task reads its records, plans, applies the budget, decodes
-each group once and encodes the samples (JPEG) in the Ray worker, and yields them; the
-driver writes the shards and the manifest with the same writers as the local engine, so
-shards are atomic and a rerun resumes from the completed ones. Groups go out costliest
-first, and Ray hands the next task to whichever worker is free (a 30-minute video does not
-hold a fixed share back, and does not start last), retries a
-task whose worker died (``max_retries``), and starts a local Ray instance when no
-``--address`` is given. A retried task yields its group's samples again; the driver keeps
-each key once.
+The driver builds the StreamingDataset (the index, the skip keys of a resumed run) while
+Ray starts, puts it in Ray's object store once (its index arrays are then one copy per
+node, shared by the workers there), and hands out the decode groups costliest first
+(:mod:`mmstream.media.cost`). A **writer** decodes each group once, encodes its samples
+(JPEG) and writes them with the local engine's writer classes into the output folder (a
+folder every node sees) or, for a bucket, into its node's staging mirror, uploading each
+shard when it is committed; it returns only the **manifest entries** (shard name, count,
+bytes, sha256, keys) and the drops, so frames never pass through the driver. The driver
+merges the entries into the rank manifest as they arrive, and finalizing writes energon's
+metadata as for the local engine. Writers name their shards ``PREFIX-w<writer>-<n>.tar``
+(:func:`.shards.shard_name`), a writer id never used twice in an output folder.
+
+Two kinds of writers:
+
+* **tasks** (default): one Ray task per batch of groups, its shards committed when it
+  ends. Batches are cut from the costliest groups on (a large group alone), each holding
+  ``1 / (GUIDED x CPUs)`` of the cost still to plan (guided scheduling: large batches
+  first, small ones last, so the writers finish together) but no less than ``1 /
+  (SMALLEST x CPUs)`` of the whole, and at most ``maxcount`` samples. A task whose worker or node dies is run again by Ray (``MAX_RETRIES``) under the
+  same writer id, so it writes the same names again.
+* **actors** (``--ray-actors``): one actor per CPU, one group per call and one call at a
+  time per actor (a 30-minute video never holds a short group back), shards rotating at
+  ``maxcount`` across calls. An actor that dies (its node removed) loses its open shard:
+  the groups with samples in it go to the other actors (skipping the keys already
+  recorded) and a new actor takes its place.
+
+A shard written by a writer whose result never reached the driver is listed by no
+manifest: it is deleted at the end of the run (and by a rerun), so every key is in
+exactly one listed shard.
 """
 from __future__ import annotations
 
+import collections
+import importlib.util
 import logging
 import os
 import pickle
 import threading
-import warnings
+import time
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: Decode groups per Ray task: small, so that long videos balance; more than one, so that
-#: the per-task overhead (tens of ms) stays small next to decoding.
-GROUPS_PER_TASK = 1
-#: Retries of a task whose worker process died (or raised a system error).
+#: Task mode: a batch of groups holds 1 / (GUIDED x CPUs) of the cost not yet planned...
+GUIDED = 2
+#: ...and no less than 1 / (SMALLEST x CPUs) of the whole (batches are shards: not too many).
+SMALLEST = 16
+#: Runs of a task whose worker process or node died (Ray's retries).
 MAX_RETRIES = 4
+RAY_MISSING = "--engine ray needs Ray: pip install 'mmstream[ray]'"
 
-_LOADED: dict[int, Any] = {}
+
+def require_ray() -> None:
+    """A ConfigError with the install line when Ray cannot be imported (checked without
+    importing it: that takes seconds)."""
+    from ..errors import ConfigError
+
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # a broken install, or a module hidden in sys.modules
+        found = False
+    if not found:
+        raise ConfigError(RAY_MISSING)
 
 
-def _dataset(payload: bytes):
-    """The StreamingDataset in this Ray worker (unpickled once per worker process)."""
-    key = hash(payload)
+@dataclass
+class WriterSpec:
+    """What every writer needs to write a rank's shards (pickled to the workers)."""
+
+    output: Any  # OutputConfig
+    out: str  # the output folder, or the staging mirror of a bucket (its path on every node)
+    prefix: str
+    rank: int
+    world_size: int
+    strict: bool = False
+    remote: Optional[tuple] = None  # (url, storage settings) of a bucket output: upload on commit
+
+    def name_for(self, writer: int):
+        from .shards import PARTS_DIR, shard_name
+
+        if self.output.layout == "files":
+            return lambda i: f"{PARTS_DIR}/" + shard_name(self.prefix, i, rank=self.rank, world_size=self.world_size,
+                                                          ext="json", writer=writer)
+        return lambda i: shard_name(self.prefix, i, rank=self.rank, world_size=self.world_size, writer=writer)
+
+
+@dataclass
+class Result:
+    """What a writer hands the driver: committed shards (ShardInfo), drops, samples written,
+    the groups with samples in its still open shard, and the groups it finished."""
+
+    shards: list = field(default_factory=list)
+    drops: list = field(default_factory=list)
+    kept: int = 0
+    open: list = field(default_factory=list)
+    groups: list = field(default_factory=list)
+    writer: int = -1
+    frame_bytes: int = 0  # files layout: frame files written (a shard's bytes count its part only)
+    worker: str = ""  # the Ray worker process (node and pid) that did it
+    busy_s: float = 0.0  # seconds it spent on it
+
+
+class Writer:
+    """A writer's state in a Ray worker: the dataset, an encoder and a rotating shard writer.
+    ``Writer()`` only imports what a writer needs (an actor started while the driver still
+    builds the index); :meth:`open` then gives it its dataset and writer id."""
+
+    def __init__(self, dataset: Any = None, spec: Optional[WriterSpec] = None, writer: int = -1):
+        _warm_worker()
+        if spec is not None:
+            self.open(dataset, spec, writer)
+
+    def open(self, dataset: Any, spec: WriterSpec, writer: int) -> None:
+        import ray
+
+        from ..media.backends import grant_cores
+        from .formats import SampleEncoder
+        from .remote import RemoteOutput
+        from .shards import FilesWriter, ShardWriter
+        from .sink import SampleSink
+
+        # decode with this worker's CPUs, not the node's (2 tasks x all cores oversubscribed it)
+        grant_cores(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
+        self.dataset = dataset
+        self.spec = spec
+        self.id = writer
+        self.encode = SampleEncoder(spec.output)
+        self.remote = RemoteOutput(spec.remote[0], spec.out, spec.remote[1]) if spec.remote else None
+        os.makedirs(spec.out, exist_ok=True)
+        cls = FilesWriter if spec.output.layout == "files" else ShardWriter
+        self.writer = cls(spec.out, spec.name_for(writer), maxcount=spec.output.maxcount, on_commit=self._commit)
+        self.where = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
+        self.result = Result(writer=writer, worker=self.where)
+        self.sink = SampleSink(self.writer, on_drop=self.result.drops.append)
+        self._open: set[int] = set()
+
+    def _commit(self, info) -> None:
+        if self.remote is not None:
+            self.remote.upload_shard(info)  # under its final name, before the driver lists it
+        self.result.shards.append(info)
+        self._open = set()
+
+    def run(self, groups: list[int], skip: Optional[list[str]] = None) -> Result:
+        """Decode, encode and write ``groups`` (passing over the keys in ``skip``: already in
+        a recorded shard); the entries committed meanwhile."""
+        from ..errors import SampleError
+        from ..types import Drop
+        from .sink import encode_item
+
+        t0 = time.monotonic()
+        ds = self.dataset
+        if skip:
+            ds.skip_keys = frozenset(ds.skip_keys) | frozenset(skip)
+        for g in groups:
+            kept = self.sink.kept
+            for _, item in ds._run_group(ds.pipeline, int(g), ds.index.members(int(g))):
+                if isinstance(item, SampleError):
+                    item = Drop(item.key or "", item.source or "", item.reason, item.path, item.message)
+                out = encode_item(self.encode, item, strict=self.spec.strict)
+                if self.sink.put(out) and out.files:
+                    self.result.frame_bytes += sum(len(data) for _, data in out.files)
+            if self.sink.kept > kept:
+                self._open.add(int(g))
+            self.result.groups.append(int(g))
+        self.result.busy_s += time.monotonic() - t0
+        return self._take()
+
+    def close(self) -> Result:
+        """Commit the open shard; the last entries."""
+        t0 = time.monotonic()
+        self.writer.close()
+        self.result.busy_s += time.monotonic() - t0
+        return self._take()
+
+    def _take(self) -> Result:
+        out, self.result = self.result, Result(writer=self.id, worker=self.where)
+        self.sink.on_drop = self.result.drops.append
+        out.kept = self.sink.kept
+        self.sink.kept = 0
+        out.open = sorted(self._open)
+        return out
+
+
+_LOADED: dict[str, Any] = {}
+
+
+def _dataset(boxed: list) -> Any:
+    """The dataset behind ``boxed[0]`` (an ObjectRef, boxed so that Ray does not resolve it
+    for every task): fetched once per worker process, which runs many tasks."""
+    import ray
+
+    key = boxed[0].hex()
     if key not in _LOADED:
         _LOADED.clear()
-        _LOADED[key] = pickle.loads(payload)
+        _LOADED[key] = ray.get(boxed[0])
     return _LOADED[key]
 
 
-def _run(batch: dict, payload: bytes, output: Any) -> Iterator[dict]:
-    """One task: every group of ``batch``, each decoded once; a batch of pickled items per group."""
-    import numpy as np
+def _task(boxed: list, spec: WriterSpec, writer: int, groups: list[int]) -> Result:
+    """A task: a fresh writer for ``groups``, its shards committed at the end."""
+    w = Writer(_dataset(boxed), spec, writer)
+    first = w.run(groups)
+    last = w.close()
+    first.shards += last.shards
+    first.drops += last.drops
+    first.kept += last.kept
+    first.frame_bytes += last.frame_bytes
+    first.busy_s += last.busy_s
+    first.open = []
+    return first
+
+
+def plan_batches(order: np.ndarray, costs: np.ndarray, sizes: np.ndarray, cpus: int, maxcount: int) -> list[list[int]]:
+    """Groups (``order``: costliest first) cut into task batches: each holds ``1 / (GUIDED x
+    cpus)`` of the cost not yet in a batch, at least ``1 / (SMALLEST x cpus)`` of the whole,
+    and at most ``maxcount`` records (a group larger than that: a batch of its own)."""
+    cpus = max(1, cpus)
+    left = float(costs.sum())
+    floor = left / (SMALLEST * cpus)
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    cost = count = 0.0
+    target = max(left / (GUIDED * cpus), floor)
+    for g, c, n in zip(order.tolist(), costs.tolist(), sizes.tolist()):
+        if cur and (cost + c > target or count + n > maxcount):
+            batches.append(cur)
+            left -= cost
+            target = max(left / (GUIDED * cpus), floor)
+            cur, cost, count = [], 0.0, 0.0
+        cur.append(g)
+        cost += c
+        count += n
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def run_writers(dataset: Any, spec: WriterSpec, session: "RaySession", *, first_writer: int = 0,
+                actors: bool = False, recorded: Optional[set[str]] = None) -> Iterator[tuple[Result, int]]:
+    """Every writer's results, as they arrive, with their size in bytes (what the driver
+    received). ``recorded``: the keys in shards the driver has recorded so far (read as the
+    run goes, for groups an actor must redo)."""
     import ray
 
-    from ..errors import SampleError
-    from ..media.backends import grant_cores
-    from ..types import Drop, Sample
-    from .formats import SampleEncoder
+    session.wait()
+    # the costliest groups first (longest processing time first): what starts last is short
+    order = dataset.epoch_groups(0)
+    order = order[np.argsort(-dataset.index.group_cost[order], kind="stable")]
+    if not len(order):
+        return
+    ref = ray.put(dataset)
+    cpus = session.cpus()
+    counter = iter(range(first_writer, 1 << 62))
+    if actors:
+        yield from _run_actors(ref, dataset, spec, order, session.actors(), counter,
+                               recorded if recorded is not None else set())
+        return
+    sizes = np.diff(dataset.index.group_start)[order]
+    batches = collections.deque(plan_batches(order, dataset.index.group_cost[order], sizes, cpus,
+                                             spec.output.maxcount))
+    task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_task)
+    running: dict = {}
+    while batches or running:
+        while batches and len(running) < cpus:  # one batch per CPU at a time: the order holds
+            running[task.remote([ref], spec, next(counter), batches.popleft())] = True
+        done, _ = ray.wait(list(running), num_returns=1)
+        del running[done[0]]
+        yield _received(_get(done[0]))
 
-    # decode with this task's CPUs, not the node's (2 tasks x all cores oversubscribed it)
-    grant_cores(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
-    ds = _dataset(payload)
-    encode = SampleEncoder(output)
-    for g in batch["group"]:
-        g = int(g)
-        outcomes = ds._run_group(ds.pipeline, g, ds.index.members(g))
-        keys, items = [], []
-        for _, item in outcomes:
-            if isinstance(item, SampleError):
-                out: Any = Drop(item.key or "", item.source or "", item.reason, item.path, item.message)
-            else:
-                assert isinstance(item, Sample)
-                try:
-                    out = encode(item)
-                    out.source = item.source
-                except SampleError as exc:
-                    exc.with_context(key=item.key)
-                    out = Drop(item.key, item.source, exc.reason, exc.path, exc.message)
-            keys.append(out.key)
-            items.append(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
-        if keys:
-            yield {"key": np.array(keys, dtype=object), "item": np.array(items, dtype=object)}
-    # the decode helper stays for this worker's next task (it dies with the worker)
+
+def _actor_class():
+    import ray
+
+    return ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(Writer)
+
+
+def _run_actors(ref, dataset, spec: WriterSpec, order: np.ndarray, started: list, counter, recorded: set[str]):
+    import ray
+    from ray.exceptions import RayActorError
+
+    actor_cls = _actor_class()
+    queue = collections.deque((int(g), None) for g in order)
+    open_of: dict[int, list[int]] = {}  # actor slot -> groups with samples in its open shard
+    actors: dict[int, Any] = {}
+    busy: dict = {}  # call -> (slot, groups or None for a close)
+    closed: set[int] = set()
+    slots = iter(range(1 << 62))
+
+    def start_actor(actor=None) -> None:
+        slot = next(slots)
+        actors[slot] = actor or actor_cls.remote()
+        actors[slot].open.remote(ref, spec, next(counter))  # (its calls run in order: open first)
+        open_of[slot] = []
+
+    for actor in started:  # the session's actors, importing since Ray started
+        start_actor(actor)
+    while True:
+        idle = [s for s in actors if s not in closed and all(v[0] != s for v in busy.values())]
+        for slot in idle:
+            if queue:
+                g, skip = queue.popleft()
+                busy[actors[slot].run.remote([g], skip)] = (slot, [g])
+            elif not busy or all(v[1] is None for v in busy.values()):  # the work is done: close them
+                busy[actors[slot].close.remote()] = (slot, None)
+        if not busy:
+            break
+        done, _ = ray.wait(list(busy), num_returns=1)
+        slot, groups = busy.pop(done[0])
+        try:
+            result = _get(done[0])
+        except RayActorError:
+            # its open shard is lost: its groups go to the others, minus the keys recorded since
+            lost = sorted(set(open_of.pop(slot, [])) | set(groups or []))
+            log.warning("Ray writer %d died (node lost?): its %d group(s) not in a committed shard go to others",
+                        slot, len(lost))
+            del actors[slot]
+            closed.clear()  # the others take the work again (and are closed again at the end)
+            for g in lost:
+                skip = [k for k in (dataset.index.key(int(p)) for p in dataset.index.members(g)) if k in recorded]
+                queue.appendleft((g, skip or None))
+            if len(actors) < _alive_cpus():  # a new writer where there is room
+                start_actor()
+            if not actors:
+                raise RuntimeError("every Ray writer died and the cluster has no CPU left for a new one")
+            continue
+        if groups is None:
+            closed.add(slot)
+            open_of[slot] = []
+        else:
+            open_of[slot] = result.open
+        yield _received(result)
+    for a in actors.values():
+        ray.kill(a)
+
+
+def _alive_cpus() -> int:
+    """CPUs of the nodes alive now (a removed node's are gone at once, unlike the totals)."""
+    import ray
+
+    return int(sum(n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")))
+
+
+def _get(ref):
+    """``ray.get``, with a task's own error (a SampleError in strict mode, a WriteError)
+    raised as itself."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        from ..errors import MmstreamError
+
+        if isinstance(cause, MmstreamError):
+            raise cause from None
+        raise
+
+
+def _received(result: Result) -> tuple[Result, int]:
+    return result, len(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class _NoSigtermNotice(logging.Filter):
@@ -94,12 +382,9 @@ _NO_SIGTERM_NOTICE = _NoSigtermNotice()  # one instance: adding it again is a no
 def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
     """Connect to the Ray cluster at ``address``, or start a local instance with
     ``workers`` CPUs (default: all); returns what was started."""
-    try:
-        import ray
-    except ImportError:
-        from ..errors import ConfigError
+    require_ray()
+    import ray
 
-        raise ConfigError("--engine ray needs Ray: pip install 'mmstream[ray]'") from None
     # started from RaySession's thread: the driver keeps Python's own SIGTERM behaviour
     logging.getLogger("ray._private.worker").addFilter(_NO_SIGTERM_NOTICE)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
@@ -112,18 +397,13 @@ def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
     else:
         ray.init(num_cpus=workers or os.cpu_count(), **kwargs)
         info = {"address": "local", "started": True}
-    import ray.data  # noqa: F401  (seconds of imports; it sets up its loggers, so quieten them after)
-
-    for name in ("ray", "ray.data"):  # their INFO lines would break the progress bar
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.WARNING)  # its INFO lines would break the progress bar
     return info
 
 
-#: What a Ray worker imports before its first task can run (Ray Data's task code, the
-#: dataset's modules: torch, transformers); a warm-up task per CPU imports them while the
-#: driver still builds the index.
-WARM_MODULES = ("ray.data", "pyarrow", "transformers", "mmstream.dataset", "mmstream.sinks.formats",
-                "mmstream.sinks.ray_engine")
+#: What a Ray worker imports before its first group can run (the dataset's modules: torch,
+#: transformers); a warm-up task per CPU imports them while the driver still builds the index.
+WARM_MODULES = ("transformers", "mmstream.dataset", "mmstream.sinks.formats", "mmstream.sinks.ray_engine")
 
 
 def _warm_worker() -> int:
@@ -139,16 +419,19 @@ class RaySession:
 
         session = RaySession(address, workers)   # returns at once
         ...                                      # the driver imports, builds the index
-        ray_items(dataset, output, session)      # waits for Ray, then runs the tasks
+        run_writers(dataset, spec, session)      # waits for Ray, then runs the writers
         session.close()                          # shuts down a local instance it started
 
     Starting a local instance takes seconds (its processes; then each worker imports
-    torch, transformers and Ray Data before its first task), which would otherwise add to
-    every run's wall time; here it overlaps with the driver's own start-up, and a warm-up
-    task per CPU has the workers import what the tasks need (Ray reuses those workers)."""
+    torch and transformers before its first task), which would otherwise add to every
+    run's wall time; here it overlaps with the driver's own start-up, and a warm-up task
+    per CPU has the workers import what the writers need (Ray reuses those workers), or,
+    with ``actors``, the writer actors start at once and import it themselves.
+    Raises a ConfigError naming the install line at once when Ray is not installed."""
 
-    def __init__(self, address: Optional[str] = None, workers: Optional[int] = None):
-        self.address, self.workers = address, workers
+    def __init__(self, address: Optional[str] = None, workers: Optional[int] = None, actors: bool = False):
+        require_ray()
+        self.address, self.workers, self.use_actors = address, workers, actors
         self.info: Optional[dict] = None
         self._error: Optional[BaseException] = None
         self._warm: list = []  # the warm-up tasks' results (held, not awaited)
@@ -163,8 +446,12 @@ class RaySession:
             self.info = start(self.address, self.workers)
             import ray
 
-            warm = ray.remote(num_cpus=1, max_retries=0)(_warm_worker)
-            self._warm = [warm.remote() for _ in range(self.cpus())]
+            if self.use_actors:  # the writers themselves, importing what they need meanwhile
+                cls = _actor_class()
+                self._warm = [cls.remote() for _ in range(self.cpus())]
+            else:
+                warm = ray.remote(num_cpus=1, max_retries=0)(_warm_worker)
+                self._warm = [warm.remote() for _ in range(self.cpus())]
         except BaseException as exc:  # raised where the run waits for Ray
             self._error = exc
         finally:
@@ -176,10 +463,19 @@ class RaySession:
             ray.shutdown()
 
     def cpus(self) -> int:
-        """Tasks at once: ``workers``, else the cluster's CPUs."""
+        """Writers at once: ``workers``, else the cluster's CPUs."""
         import ray
 
         return max(1, int(self.workers or ray.cluster_resources().get("CPU", 1)))
+
+    def actors(self) -> list:
+        """The writer actors started with the session (``actors=True``), one per CPU; else
+        as many new ones."""
+        self.wait()
+        if self.use_actors:
+            return list(self._warm)
+        cls = _actor_class()
+        return [cls.remote() for _ in range(self.cpus())]
 
     def wait(self) -> dict:
         """Block until Ray is up; what was started (or the error starting it)."""
@@ -201,38 +497,5 @@ class RaySession:
         self.close()
 
 
-def ray_items(dataset, output, session: RaySession) -> Iterator[Any]:
-    """Encoded samples and Drops of ``dataset`` (a StreamingDataset), computed by Ray Data
-    on ``session``'s cluster."""
-    import numpy as np
-    import ray
-    import ray.data
-
-    session.wait()
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.verbose_progress = False
-    # the costliest groups first (longest processing time first): what starts last is short
-    order = dataset.epoch_groups(0)
-    order = order[np.argsort(-dataset.index.group_cost[order], kind="stable")]
-    groups = [{"group": int(g)} for g in order]
-    if not groups:
-        return
-    payload = pickle.dumps(dataset, protocol=pickle.HIGHEST_PROTOCOL)
-    blocks = max(1, len(groups) // GROUPS_PER_TASK)
-    with warnings.catch_warnings():
-        # Ray Data has no named parameter for task retries yet; they go as remote args
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-        rows = (ray.data.from_items(groups, override_num_blocks=blocks)
-                .map_batches(_run, batch_size=GROUPS_PER_TASK, batch_format="numpy", zero_copy_batch=True,
-                             fn_kwargs={"payload": payload, "output": output}, num_cpus=1,
-                             compute=ray.data.TaskPoolStrategy(size=session.cpus()),
-                             max_retries=MAX_RETRIES, retry_exceptions=False))
-    # no prefetch: a block is handed over as soon as its task finishes (with the default one
-    # block ahead, each group's samples waited for the next group's)
-    for batch in rows.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
-        for item in batch["item"]:
-            yield pickle.loads(item)
-
-
-__all__ = ["ray_items", "start", "RaySession", "GROUPS_PER_TASK", "MAX_RETRIES"]
+__all__ = ["run_writers", "start", "RaySession", "WriterSpec", "Writer", "Result", "plan_batches",
+           "require_ray", "MAX_RETRIES", "GUIDED", "SMALLEST"]

@@ -121,14 +121,19 @@ class RemoteOutput:
                 listed.add(s["name"])
                 if m.rank == rank:
                     self._sync(s, objects)
+        self.delete_unlisted(rank, listed, names)
+
+    def delete_unlisted(self, rank: int, listed: set[str], names: Optional[list[str]] = None) -> None:
+        """Delete this rank's shards in the bucket that no manifest lists (uploaded just before
+        a kill, or by a Ray writer whose result never reached the driver)."""
         from .shards import parse_shard_name
 
-        for n in names:
+        for n in self.names() if names is None else names:
             parsed = parse_shard_name(n)
             if parsed is not None and n not in listed and (parsed["rank"] in (rank, None)):
                 log.info("removing %s from the bucket: no manifest lists it (uploaded before a kill)",
                          storage.redact(f"{self.url}/{n}"))
-                storage._retrying("deleting", self.url, lambda n=n: self.fs.rm_file(self._remote(n)))
+                self.remove(n)
 
     def _sync(self, s: dict, objects: dict[str, dict]) -> None:
         path = os.path.join(self.local, s["name"])

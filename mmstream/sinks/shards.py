@@ -47,23 +47,28 @@ PARTS_DIR = "parts"
 
 RESUME_HINT = "Shards completed so far are kept; rerun the same command to continue from them."
 
-_NAME_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*?)-(?:r(?P<rank>\d+)-)?(?P<index>\d+)\.(?P<ext>tar|json)$")
+_NAME_RE = re.compile(r"^(?P<prefix>[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*?)-(?:r(?P<rank>\d+)-)?(?:w(?P<writer>\d+)-)?"
+                      r"(?P<index>\d+)\.(?P<ext>tar|json)$")
 
 
-def shard_name(prefix: str, index: int, *, rank: int = 0, world_size: int = 1, ext: str = "tar") -> str:
-    """``pretrain-000007.tar``; with several ranks ``pretrain-r1-000007.tar``."""
+def shard_name(prefix: str, index: int, *, rank: int = 0, world_size: int = 1, ext: str = "tar",
+               writer: Optional[int] = None) -> str:
+    """``pretrain-000007.tar``; with several ranks ``pretrain-r1-000007.tar``; written by
+    writer 3 of a rank's Ray workers ``pretrain-w3-000007.tar`` (``pretrain-r1-w3-...``)."""
+    w = f"w{writer}-" if writer is not None else ""
     if world_size > 1:
-        return f"{prefix}-r{rank}-{index:06d}.{ext}"
-    return f"{prefix}-{index:06d}.{ext}"
+        return f"{prefix}-r{rank}-{w}{index:06d}.{ext}"
+    return f"{prefix}-{w}{index:06d}.{ext}"
 
 
 def parse_shard_name(name: str) -> Optional[dict[str, Any]]:
     """Inverse of :func:`shard_name` (``None`` for other names); ``rank`` is None
-    for single-rank names."""
+    for single-rank names, ``writer`` None for shards a rank wrote itself."""
     m = _NAME_RE.match(os.path.basename(name))
     if not m:
         return None
     return {"prefix": m["prefix"], "rank": int(m["rank"]) if m["rank"] is not None else None,
+            "writer": int(m["writer"]) if m["writer"] is not None else None,
             "index": int(m["index"]), "ext": m["ext"]}
 
 
