@@ -117,7 +117,8 @@ def test_a_changed_annotation_file_or_grouping_field_rebuilds(small, tmp_path):
     open(ann, "wb").write(data)
     assert RecordIndex.open(load_config(small)).cache["status"] == "built"
     # fields that decide records or groups
-    for change in ({"media_root": str(tmp_path / "elsewhere")}, {"limit": 5}, {"format": "auto"}, {"name": "s2"}):
+    for change in ({"media_root": str(tmp_path / "elsewhere")}, {"limit": 5}, {"format": "auto"}, {"name": "s2"},
+                   {"max_record_mb": 1}, {"max_json_depth": 32}):
         (tmp_path / "elsewhere").mkdir(exist_ok=True)
         cfg = {"sources": [dict(small["sources"][0], **change)]}
         got = RecordIndex.open(load_config(cfg))

@@ -355,7 +355,9 @@ def _identity(src: SourceConfig) -> dict:
         return p if p is None or storage.is_url(p) else os.path.abspath(p)
 
     return {"name": src.name, "format": src.format, "annotations": where(src.annotations),
-            "media_root": where(src.media_root), "limit": src.limit}
+            "media_root": where(src.media_root), "limit": src.limit,
+            # the record bounds decide where a damaged or oversized record ends (jsonstream)
+            "max_record_mb": src.max_record_mb, "max_json_depth": src.max_json_depth}
 
 
 def _freshness(path: str, stamp: Optional[str]) -> Optional[dict]:
