@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import multiprocessing
 import os
 import random
 from collections import Counter
@@ -102,14 +103,37 @@ class StreamingDataset(IterableDataset):
         self.pipeline = Pipeline(self.config, self.model)  # its budgets check the filter sections now
         # annotation files: ConfigError now; the node's cached index when it is current
         self.index = RecordIndex.open(self.config, progress=progress, cache=index_cache)
-        self.epoch = 0
+        # the epoch lives in shared memory, so that set_epoch in the training process also
+        # reaches persistent DataLoader workers (persistent_workers=True), which keep their
+        # own copy of the dataset between epochs (fork and spawn alike: see __getstate__)
+        self._shared_epoch = multiprocessing.RawValue("q", 0)
+        self._epoch = 0
         self._resume: Optional[dict[str, Any]] = None
         self._progress: Optional[_Progress] = None
         self.stats: Counter = Counter()  # per process: kept, skipped, and one count per drop reason
 
     # -- epoch and checkpoint state -------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return int(self._shared_epoch.value) if self._shared_epoch is not None else self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch = int(value)
+        if self._shared_epoch is not None:
+            self._shared_epoch.value = self._epoch
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        # shared memory crosses only to processes this one starts (DataLoader workers); a
+        # copy sent anywhere else (Ray, a pickle on disk) carries the epoch as a number
+        if multiprocessing.context.get_spawning_popen() is None:
+            state["_epoch"], state["_shared_epoch"] = self.epoch, None
+        return state
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the shuffle order of ``epoch`` (call before iterating, like DistributedSampler)."""
+        """Select the shuffle order of ``epoch`` (call before iterating, like DistributedSampler;
+        persistent DataLoader workers see it too)."""
         self.epoch = int(epoch)
         self._resume = None
         self._progress = None

@@ -99,3 +99,36 @@ def test_rank_and_world_validation(text_config):
 def test_an_old_shuffle_buffer_key_says_what_replaced_it(text_config):
     with pytest.raises(ConfigError, match="mix_buffer"):
         StreamingDataset(dict(text_config, loader={"shuffle_buffer": 100}))
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_set_epoch_reaches_persistent_workers(text_config, context):
+    """Persistent workers keep their copy of the dataset between epochs: set_epoch in the
+    training process must still pick each epoch's order there."""
+    def epochs(persistent):
+        ds = StreamingDataset(text_config)
+        loader = StatefulDataLoader(ds, batch_size=None, num_workers=2, collate_fn=identity,
+                                    persistent_workers=persistent, multiprocessing_context=context)
+        out = []
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            out.append([s.key for s in loader])
+        return out
+
+    fresh, kept = epochs(False), epochs(True)
+    assert kept == fresh
+    assert all(set(e) == ALL_KEYS and len(e) == len(ALL_KEYS) for e in kept)
+    assert kept[0] != kept[1] != kept[2]
+
+
+def test_a_pickled_copy_carries_the_epoch_as_a_number(text_config):
+    import pickle
+
+    ds = StreamingDataset(text_config)
+    ds.set_epoch(4)
+    copy = pickle.loads(pickle.dumps(ds))  # outside a DataLoader's start: no shared memory
+    assert copy.epoch == 4 and copy._shared_epoch is None
+    ds.set_epoch(5)  # the copy is on its own now
+    ref = StreamingDataset(text_config)
+    ref.set_epoch(4)
+    assert copy.epoch == 4 and [s.key for s in copy] == [s.key for s in ref]
