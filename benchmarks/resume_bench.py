@@ -24,7 +24,6 @@ for another run).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -43,6 +42,7 @@ from mmstream.sinks import ShardWriter  # noqa: E402
 from mmstream.sinks import manifest as mf  # noqa: E402
 from mmstream.sinks.cache import manifest_config, open_rank  # noqa: E402
 from mmstream.sinks.formats import Encoded  # noqa: E402
+from mmstream.sinks.shards import sha256_file  # noqa: E402
 
 CONFIG = {"sources": [{"name": "bench", "annotations": "/nonexistent/resume_bench.json"}],
           "model": {"name": "minicpmv-2.6"}, "output": {"format": "minicpmv", "maxcount": 1}}
@@ -97,13 +97,7 @@ def read_once(paths: list[str]) -> None:
 
 def sha_one_thread(paths: list[str]) -> None:
     for p in paths:
-        sha = hashlib.sha256()
-        with open(p, "rb") as f:
-            while True:
-                data = f.read(CHUNK)
-                if not data:
-                    break
-                sha.update(data)
+        sha256_file(p, CHUNK)
 
 
 def main(argv=None) -> int:

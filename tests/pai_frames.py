@@ -72,3 +72,22 @@ def counter_of(path: str) -> int:
     from mmstream.synth import read_counter
 
     return read_counter(rgb_of(path))
+
+
+def pai_config(root, names, **sampling):
+    """The shipped Pai recipe over ``names`` (``<name>.mp4`` under ``root``), one record each,
+    visual counts only (no tokenizer), unshuffled; ``sampling`` overrides."""
+    from mmstream.config import load_config
+
+    cfg = load_config("configs/qwen2vl_megatron.yaml").to_dict()
+    cfg.pop("base_dir")
+    records = [{"id": n, "conversations": [{"from": "human", "value": "<video>\nWhat is shown?"},
+                                          {"from": "gpt", "value": "Numbers."}], "videos": [f"{n}.mp4"]}
+               for n in names]
+    ann = root / f"ann_{'_'.join(names)}.json"
+    ann.write_text(json.dumps(records))
+    cfg["sources"] = [{"name": "s", "format": "sharegpt", "annotations": str(ann), "media_root": str(root)}]
+    cfg["model"].update(tokenizer=None, token_count="t2vid")  # visual counts only: no tokenizer needed here
+    cfg["sampling"].update(decode_timeout=None, **sampling)
+    cfg["loader"]["shuffle"] = False
+    return cfg

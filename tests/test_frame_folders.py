@@ -17,7 +17,7 @@ from mmstream.errors import ConfigError
 from mmstream.sinks import run_cache
 from mmstream.synth import encode_counter_video, make_frame_folder, read_counter
 from mmstream.types import Drop, Sample
-from pai_frames import counter_of, pai_convert, pai_extract
+from pai_frames import counter_of, pai_config, pai_convert, pai_extract
 
 # (rate, frames): Pai keeps every int(fps / 2)-th frame from frame 0
 VIDEOS = {"v25": ("25", 75),            # every 12th: 7 frames at "2.0833333333333335" fps -> 6
@@ -35,21 +35,6 @@ def pai_root(tmp_path_factory):
         path = encode_counter_video(root / f"{name}.mp4", num_frames=n, fps=rate, size=SIZE)
         extracted[name] = pai_extract(str(path), time_interval=0.5)
     return root, extracted
-
-
-def pai_config(root, names, **sampling):
-    cfg = load_config("configs/qwen2vl_megatron.yaml").to_dict()
-    cfg.pop("base_dir")
-    records = [{"id": n, "conversations": [{"from": "human", "value": "<video>\nWhat is shown?"},
-                                          {"from": "gpt", "value": "Numbers."}], "videos": [f"{n}.mp4"]}
-               for n in names]
-    (root / f"ann_{'_'.join(names)}.json").write_text(json.dumps(records))
-    cfg["sources"] = [{"name": "s", "format": "sharegpt", "annotations": str(root / f"ann_{'_'.join(names)}.json"),
-                       "media_root": str(root)}]
-    cfg["model"].update(tokenizer=None, token_count="t2vid")  # visual counts only: no tokenizer needed here
-    cfg["sampling"].update(decode_timeout=None, **sampling)
-    cfg["loader"]["shuffle"] = False
-    return cfg
 
 
 def test_the_oracle_follows_pais_interval_rule(pai_root):

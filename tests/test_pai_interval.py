@@ -21,7 +21,7 @@ from mmstream.errors import ConfigError
 from mmstream.media.sampling import pai_interval_indices, pai_interval_step
 from mmstream.sinks import run_cache
 from mmstream.synth import encode_counter_video, read_counter
-from pai_frames import counter_of, pai_convert, pai_extract, rgb_of
+from pai_frames import counter_of, pai_config, pai_convert, pai_extract, rgb_of
 
 SIZE = (96, 64)
 # name: (encode options, Pai's step at --time-interval 0.5, frames Pai's converter stores)
@@ -96,21 +96,6 @@ def roots(tmp_path_factory):
         extracted[name] = pai_extract(str(pai / f"{name}.mp4"))
         pai_extract(str(png / f"{name}.mp4"), ext="png")
     return raw, pai, png, extracted
-
-
-def pai_config(root, names, **sampling):
-    cfg = load_config("configs/qwen2vl_megatron.yaml").to_dict()
-    cfg.pop("base_dir")
-    records = [{"id": n, "conversations": [{"from": "human", "value": "<video>\nWhat is shown?"},
-                                          {"from": "gpt", "value": "Numbers."}], "videos": [f"{n}.mp4"]}
-               for n in names]
-    (root / "ann.json").write_text(json.dumps(records))
-    cfg["sources"] = [{"name": "s", "format": "sharegpt", "annotations": str(root / "ann.json"),
-                       "media_root": str(root)}]
-    cfg["model"].update(tokenizer=None, token_count="t2vid")  # visual counts only: no tokenizer needed here
-    cfg["sampling"].update(decode_timeout=None, **sampling)
-    cfg["loader"]["shuffle"] = False
-    return cfg
 
 
 def stream(root, **sampling):
