@@ -11,7 +11,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
 
 START = b"\x00\x00\x00\x01"
 

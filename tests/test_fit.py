@@ -1,7 +1,6 @@
 """filter.over_budget: a sample over max_tokens keeps the most frames, or the largest frames,
 that fit: exactly, before decoding, and the largest (checked against brute force)."""
 import json
-import math
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from mmstream.config import FilterConfig, ModelConfig
 from mmstream.errors import SampleError
 from mmstream.models import get_model
 from mmstream.synth import encode_counter_video, read_counter
-from mmstream.types import MediaPlan, Record, Sample, Turn
+from mmstream.types import MediaPlan, Record, Turn
 from tiny_tok import make_tokenizer
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmstream.config import ModelConfig, SamplingConfig, load_config
+from mmstream.config import ModelConfig, load_config
 from mmstream.media import plan_media
 from mmstream.models import get_model
 from mmstream.synth import encode_counter_video

@@ -40,8 +40,8 @@ from torch.utils.data import IterableDataset
 from .. import storage
 from ..config import Config, OutputConfig, load_config
 from ..dist import resolve_rank
-from ..errors import ConfigError, MmstreamError, SampleError
-from ..types import Drop, Sample
+from ..errors import ConfigError, MmstreamError
+from ..types import Drop
 from . import manifest as mf
 from .atomic import TMP_MARK, is_tmp_name, remove_quietly
 from .formats import IMAGES_DIR, check_output, encoder_for

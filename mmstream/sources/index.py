@@ -41,7 +41,7 @@ from ..config import Config, SourceConfig
 from ..errors import BAD_JSON, UNREADABLE_TAIL, ConfigError, SampleError
 from ..media.cost import FACTS_DTYPE, group_costs
 from ..media.facts import media_facts
-from ..types import MediaRef, Record
+from ..types import Record
 from .jsonstream import Span, read_span
 
 log = logging.getLogger(__name__)
