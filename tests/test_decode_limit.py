@@ -1,7 +1,7 @@
 """benchmarks/decode_limit.py's frame-set logic on small synthetic clips: which frames exact
 sampling cannot skip, checked against FFmpeg's own decoder (the frames it decodes from only
-those packets are bit-identical to a full decode; leaving one more out changes a target).
-No timing is asserted."""
+those packets are bit-identical to a full decode; leaving one more out changes a target),
+and mmstream's PyAV reader decoding no frame outside that set. No timing is asserted."""
 import os
 import sys
 
@@ -9,6 +9,9 @@ import av
 import numpy as np
 import pytest
 
+from mmstream import timing
+from mmstream.media.backends.pyav import PyAVBackend
+from mmstream.media.probe import probe_video
 from mmstream.synth import encode_counter_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,3 +129,28 @@ def test_leaving_out_one_more_reference_changes_a_target(clips):
         fewer = [i for i in needed if i != drop]
         got = dl.decode_exactly(path, fewer, packets, keep_frames={target})["frames"]
         assert target not in got or not np.array_equal(got[target], full[target])
+
+
+@pytest.mark.parametrize("name", ["h264_bframes", "h264_no_bframes", "hevc_open_gop"])
+def test_mmstream_decodes_no_frame_outside_the_needed_set(clips, name):
+    """mmstream's reader sends packets from each segment's key frame to its last target and
+    lets the decoder skip the non-reference frames that are not targets, so the frames it
+    decodes are the limit's set."""
+    path = clips[name]
+    info = probe_video(path)
+    packets, _ = dl.packet_index(path)
+    for targets in target_sets(packets):
+        positions = sorted(info.pts.index(t) for t in targets)
+        needed = dl.needed_packets(packets, targets)
+        timing.enable()
+        timing.reset()
+        try:
+            got = PyAVBackend().read(path, info, positions, (96, 64))
+            decoded = timing.snapshot()["counts"].get("decoded_frames", 0)
+        finally:
+            timing.enable(False)
+        assert sorted(got) == positions
+        if name.startswith("h264"):
+            assert decoded == len(needed)
+        else:  # the needed set counts the leading pictures fed after a reset, which FFmpeg drops unread
+            assert decoded <= len(needed)

@@ -182,26 +182,33 @@ def test_seek_plan_returns_exactly_the_frames_of_the_sequential_plan(seek_clips,
 
 
 def test_seek_plan_never_seeks_backwards(seek_clips):
+    from mmstream.media.backends.pyav import key_before
+
     for name in ("h264_short_gop_bframes", "hevc_long_gop"):
         info = probe_video(seek_clips[name])
         for targets in target_sets(info.num_frames):
-            runs = seek_plan(info, targets)
-            assert [p for _, run in runs for p in run] == targets  # every target once, in order
-            for (key, run), (_, prev) in zip(runs[1:], runs):
-                assert key is not None and key > info.pts[prev[-1] + MIN_SEEK_GAP]  # forward, well past the last target
-            assert seek_plan(info, targets, seek=False) == [(None, targets)]
+            segments = seek_plan(info, targets)
+            assert [p for _, _, run in segments for p in run] == targets  # every target once, in order
+            for key, _, run in segments:  # each segment's targets are decoded from its key frame
+                assert all(key_before(info, info.pts[p]) == (key if key is not None else info.keyframes[0])
+                           for p in run)
+            for (key, jump, run), (_, _, prev) in zip(segments[1:], segments):
+                key_pos = info.pts.index(key)
+                assert key_pos > prev[-1]  # forward only
+                assert jump == (key_pos > prev[-1] + MIN_SEEK_GAP)  # near key frames are read up to, not sought
+            assert seek_plan(info, targets, seek=False) == [(None, False, targets)]
     short = probe_video(seek_clips["h264_short_gop_bframes"])  # key frame every 10 frames
-    assert len(seek_plan(short, list(range(200)))) == 1  # dense targets: one forward pass, no seek
-    assert len(seek_plan(short, list(range(0, 200, 12)))) == 1  # key frames close behind: no seek
-    assert [k for k, _ in seek_plan(short, [5, 150, 163, 199])] == [None, short.pts[150], short.pts[190]]
+    dense = seek_plan(short, list(range(200)))
+    assert len(dense) == 20 and not any(jump for _, jump, _ in dense)  # one segment per key frame, read on
+    assert [(k, j) for k, j, _ in seek_plan(short, [5, 150, 163, 199])] == [
+        (None, False), (short.pts[150], True), (short.pts[160], False), (short.pts[190], True)]
 
 
 def test_seek_plan_groups_by_key_frame(clips):
     info = probe_video(clips["h264_bframes_25fps"])  # key frame every 50 frames (25 fps: 2 s)
-    runs = seek_plan(info, [3, 120, 121, 299])
-    assert [r for _, r in runs] == [[3], [120, 121], [299]]
-    assert [k for k, _ in runs] == [None, info.pts[100], info.pts[250]]
-    assert seek_plan(info, [60]) == [(info.pts[50], [60])]  # the first run seeks too when it skips
+    assert seek_plan(info, [3, 120, 121, 299]) == [(None, False, [3]), (info.pts[100], True, [120, 121]),
+                                                   (info.pts[250], True, [299])]
+    assert seek_plan(info, [60]) == [(info.pts[50], True, [60])]  # the first segment seeks too when it skips
 
 
 def test_nonref_skipping_only_where_it_is_exact(seek_clips):
