@@ -117,9 +117,20 @@ class PyAVBackend(Backend):
 
     def read(self, path: str, info: VideoInfo, positions: Sequence[int], size: tuple[int, int],
              threads: int = 1, salvage: bool = False) -> dict[int, np.ndarray]:
+        rows = {p: np.empty((size[1], size[0], 3), np.uint8) for p in positions}
+        filled = self._read(path, info, positions, size, rows, threads, salvage)
+        return {p: rows[p] for p in positions if p in filled}
+
+    def read_into(self, path: str, info: VideoInfo, positions: Sequence[int], size: tuple[int, int],
+                  rows, threads: int = 1, salvage: bool = False) -> set[int]:
+        if type(self).read is not PyAVBackend.read:  # a subclass that wraps read() keeps being called through it
+            return super().read_into(path, info, positions, size, rows, threads, salvage)
+        return self._read(path, info, positions, size, rows, threads, salvage)
+
+    def _read(self, path, info, positions, size, rows, threads, salvage) -> set[int]:
         from ... import storage
 
-        out: dict[int, np.ndarray] = {}
+        out: set[int] = set()
         try:
             with storage.open_media(path) as source, av.open(source, metadata_errors="ignore") as container:
                 stream = container.streams.video[0]
@@ -130,7 +141,7 @@ class PyAVBackend(Backend):
                 skip = _Skipper(stream.codec_context, {info.pts[p] for p in positions}) \
                     if self.skip_nonref and can_skip_nonref(info) else None
                 self._decode_segments(container, stream, info, seek_plan(info, positions, self.seek), size,
-                                      out, skip, path)
+                                      rows, out, skip, path)
         except av.FFmpegError as exc:
             if not salvage:
                 raise SampleError(DECODE_ERROR, f"decoding failed: {exc}", path=path) from None
@@ -142,8 +153,9 @@ class PyAVBackend(Backend):
         return out
 
     @staticmethod
-    def _decode_segments(container, stream, info, segments, size, out, skip, path) -> None:
-        """Decode each segment's targets into ``out`` (see :func:`seek_plan`)."""
+    def _decode_segments(container, stream, info, segments, size, rows, out, skip, path) -> None:
+        """Decode each segment's targets into ``rows`` (see :func:`seek_plan`), adding each
+        position written to ``out``."""
         cc = stream.codec_context
         width, height = size
         if info.rotation in (90, 270):
@@ -157,7 +169,8 @@ class PyAVBackend(Backend):
                 if pos is not None:
                     with timing.stage("convert"):
                         rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
-                        out[pos] = apply_rotation(rgb, info.rotation)
+                        rows[pos][...] = apply_rotation(rgb, info.rotation)
+                        out.add(pos)
 
         packets = None
         i = 0
