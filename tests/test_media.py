@@ -311,15 +311,20 @@ def test_missing_and_outside_root(tmp_path):
     assert err.value.reason == "path_outside_root"
 
 
-def test_index_probe_equals_the_full_demux(clips, tmp_path):
-    """The probe used for remote media (timestamps from the MP4 index) gives what a full demux gives."""
+def test_index_probe_equals_the_full_demux(clips, seek_clips, tmp_path):
+    """The probe of MP4/MOV files (timestamps from the index, local files too) gives what a
+    full demux gives, HEVC temporal sub-layers (the hvcC record's count) included."""
     rotated = encode_counter_video(tmp_path / "rot.mp4", num_frames=30, size=(160, 96), rotate=90)
     vfr = encode_counter_video(tmp_path / "vfr.mp4", num_frames=20, pts_list=[i * 0.1 + (0.03 if i % 3 else 0)
                                                                           for i in range(20)])
-    for path in list(clips.values()) + [rotated, vfr]:
+    mp4s = [p for p in list(clips.values()) + list(seek_clips.values()) if str(p).endswith(".mp4")]
+    for path in mp4s + [rotated, vfr]:
         a, b = probe_video(str(path), from_index=True), probe_video(str(path), from_index=False)
-        assert (a.pts, a.keyframes, a.time_base, a.width, a.height, a.rotation) == \
-               (b.pts, b.keyframes, b.time_base, b.width, b.height, b.rotation), path
+        assert (a.pts, a.keyframes, a.time_base, a.width, a.height, a.rotation, a.average_rate, a.codec) == \
+               (b.pts, b.keyframes, b.time_base, b.width, b.height, b.rotation, b.average_rate, b.codec), path
+        assert (a.temporal_layers > 1) == (b.temporal_layers > 1), path
+        assert probe_video(str(path)).pts == a.pts  # local MP4s take the index path by default
+    assert probe_video(seek_clips["hevc_temporal_layers"], from_index=True).temporal_layers == 3
 
 
 def test_decoder_threads_follow_the_cores_an_engine_granted():
