@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from ... import timing
 from ...errors import DECODE_ERROR, SampleError
@@ -141,7 +142,7 @@ class PyAVBackend(Backend):
                 skip = _Skipper(stream.codec_context, {info.pts[p] for p in positions}) \
                     if self.skip_nonref and can_skip_nonref(info) else None
                 self._decode_segments(container, stream, info, seek_plan(info, positions, self.seek), size,
-                                      rows, out, skip, path)
+                                      rows, out, skip, path, count)
         except av.FFmpegError as exc:
             if not salvage:
                 raise SampleError(DECODE_ERROR, f"decoding failed: {exc}", path=path) from None
@@ -153,14 +154,18 @@ class PyAVBackend(Backend):
         return out
 
     @staticmethod
-    def _decode_segments(container, stream, info, segments, size, rows, out, skip, path) -> None:
+    def _decode_segments(container, stream, info, segments, size, rows, out, skip, path, threads) -> None:
         """Decode each segment's targets into ``rows`` (see :func:`seek_plan`), adding each
-        position written to ``out``."""
+        position written to ``out``; the scaler uses the decoder's ``threads``."""
         cc = stream.codec_context
         width, height = size
         if info.rotation in (90, 270):
             width, height = height, width  # scale before rotating
         wanted: dict[int, int] = {}  # pts -> position, targets not yet out of the decoder
+        # One scaler for the whole read, with the decoder's threads: VideoFrame.to_ndarray(width=...)
+        # sets up a new swscale context for every frame, each starting a thread per CPU of the
+        # machine (its default), whatever the cores this worker was given
+        scaler = VideoReformatter()
 
         def take(frames) -> None:
             for frame in frames:
@@ -168,7 +173,8 @@ class PyAVBackend(Backend):
                 pos = wanted.pop(frame.pts, None) if frame.pts is not None else None
                 if pos is not None:
                     with timing.stage("convert"):
-                        rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
+                        rgb = scaler.reformat(frame, width=width, height=height, format="rgb24",
+                                              threads=threads).to_ndarray()
                         rows[pos][...] = apply_rotation(rgb, info.rotation)
                         out.add(pos)
 
