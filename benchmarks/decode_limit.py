@@ -386,7 +386,7 @@ def measure_clip(path: str, workloads: Sequence[str], ks: Sequence[int], threads
                     "mmstream_decoded_frames": mm_runs[0]["decoded_frames"], "mmstream_stages_s": mm_runs[0]["stages_s"],
                     "ratio_cpu": round(ours["cpu_s"] / max(lim["cpu_s"], 1e-9), 3),
                     "ratio_wall": round(ours["wall_s"] / max(lim["wall_s"], 1e-9), 3),
-                    "other_cpu_share": round(other / max(wall * (os.cpu_count() or 1), 1e-9), 3),
+                    "other_cpu_share": round(other / max(wall * len(os.sched_getaffinity(0)), 1e-9), 3),
                 })
     return rows
 
