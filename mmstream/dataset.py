@@ -17,7 +17,10 @@ without talking to the others, and a group's media are planned and decoded once,
 one worker, for all its records. The worker reads each record back by its byte span,
 applies the budget per record, decodes the group, and hands the samples to a mix
 buffer (:mod:`mmstream.mix`, ``loader.mix_buffer``) that interleaves the samples of
-different groups.
+different groups. While a group's samples are handed out, the next group is already
+being read, planned and decoded in a thread (:class:`_Ahead`): the DataLoader takes items
+from its workers in turn, so a worker whose next item is not asked for yet would
+otherwise sit idle.
 
 State: ``(epoch, groups this worker has taken, positions taken but not yet handed
 out, the mix buffer's pop count)``. Resuming skips the taken groups without reading
@@ -236,12 +239,18 @@ class StreamingDataset(IterableDataset):
                     mix.add(-1, [(p, o)])  # changed since it was saved: counted as the drop it is now
         progress.packed = {}
         yield from self._hand_out(mix, progress.packer)
-        while progress.groups_done < len(mine):
-            g = int(mine[progress.groups_done])
-            outcomes = self._run_group(pipe, g, self.index.members(g))
-            progress.groups_done += 1  # with the add below: nothing is yielded in between
-            mix.add(g, outcomes, _frames_bytes(outcomes))
-            yield from self._hand_out(mix, progress.packer)
+        ahead = _Ahead(lambda g: self._run_group(pipe, g, self.index.members(g)))
+        try:
+            while progress.groups_done < len(mine):
+                g = int(mine[progress.groups_done])
+                outcomes = ahead.take(g)
+                progress.groups_done += 1  # with the add below: nothing is yielded in between
+                mix.add(g, outcomes, _frames_bytes(outcomes))
+                if progress.groups_done < len(mine):  # the next group is decoded while these go out
+                    ahead.start(int(mine[progress.groups_done]))
+                yield from self._hand_out(mix, progress.packer)
+        finally:
+            ahead.close()
         yield from self._hand_out(mix, progress.packer, flush=True)
         for name in ("restarts", "recycled"):  # decode helpers replaced (timeouts and crashes; RSS)
             if getattr(pipe.supervised, name):
@@ -321,6 +330,37 @@ class StreamingDataset(IterableDataset):
             return Drop(key=exc.key or "", source=exc.source or "", reason=exc.reason, path=exc.path,
                         message=exc.message)
         return None
+
+
+class _Ahead:
+    """The next group's work (read, plan, budget, decode), done in one thread while the
+    current group's samples are handed out: the DataLoader delivers items in order, so
+    a worker whose samples wait for another worker's would otherwise sit idle. Every
+    group runs in that same thread, so the decode helper it forks (which dies with the
+    thread that forked it) lives as long as the iteration."""
+
+    def __init__(self, run):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.run = run
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="mmstream-groups")
+        self.group: Optional[int] = None
+        self.future = None
+
+    def start(self, g: int) -> None:
+        self.group, self.future = g, self.pool.submit(self.run, g)
+
+    def take(self, g: int):
+        if self.group != g:  # not started ahead (the first group)
+            self.start(g)
+        future, self.group, self.future = self.future, None, None
+        return future.result()
+
+    def close(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
+        self.pool.shutdown(wait=True)
+        self.group = self.future = None
 
 
 #: Groups placed one by one on the least-loaded worker, per worker; the rest go in a

@@ -15,6 +15,7 @@ call. State is per process (each DataLoader worker has its own).
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 
@@ -25,8 +26,7 @@ _enabled = False
 _totals: defaultdict = defaultdict(float)
 _counts: defaultdict = defaultdict(float)
 _peaks: dict = {}
-_stack: list[str] = []
-_last = 0.0
+_local = threading.local()  # each thread's open stages (a group decoded ahead runs in a thread)
 
 
 class _Null:
@@ -49,20 +49,27 @@ class _Stage:
         self.name = name
 
     def __enter__(self):
-        global _last
         now = time.perf_counter()
-        if _stack:
-            _totals[_stack[-1]] += now - _last
-        _stack.append(self.name)
-        _last = now
+        stack = _thread_stack()
+        if stack:
+            _totals[stack[-1]] += now - _local.last
+        stack.append(self.name)
+        _local.last = now
         return self
 
     def __exit__(self, *exc):
-        global _last
         now = time.perf_counter()
-        _totals[_stack.pop()] += now - _last
-        _last = now
+        _totals[_thread_stack().pop()] += now - _local.last
+        _local.last = now
         return False
+
+
+def _thread_stack() -> list:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+        _local.last = 0.0
+    return stack
 
 
 def stage(name: str):
@@ -105,7 +112,7 @@ def reset() -> None:
     _totals.clear()
     _counts.clear()
     _peaks.clear()
-    _stack.clear()
+    _thread_stack().clear()
 
 
 def snapshot() -> dict:

@@ -152,3 +152,21 @@ def test_cache_bench_writer_only(tmp_path):
                  "--repeat", "1", "--tree", f"a={ROOT}", "--tree", f"b={ROOT}", "--json")
     assert r["same_shard_bytes"] and set(r["median_s"]) == {"a", "b"}
     assert r["median_s"]["a"]["writer"] > 0 and r["median_s"]["a"]["cache"] is None
+
+
+@requires_ffmpeg
+def test_decode_limit_script(quick_data):
+    """decode_limit.py on the quick clips: a row per clip and workload, mmstream decoding
+    exactly the frames the limit counts (no timing asserted)."""
+    out, manifest = quick_data
+    clips = [n for n, c in manifest["clips"].items() if "limit" in c["roles"]]
+    r = run_json(os.path.join("benchmarks", "decode_limit.py"), str(out), "--workloads", "t2vid,qa", "--ks", "1,2",
+                 "--repeat", "1", "--json")
+    assert [(row["clip"], row["workload"]) for row in r["rows"]] == [(c, w) for c in clips
+                                                                     for w in ("t2vid", "qa_k1", "qa_k2")]
+    for row in r["rows"]:
+        assert 0 < row["targets"] <= row["needed_frames"] <= row["up_to_last_target"] <= row["stream_frames"]
+        assert row["mmstream_decoded_frames"] <= row["needed_frames"]
+        if row["codec"] == "h264":
+            assert row["mmstream_decoded_frames"] == row["needed_frames"]
+        assert row["limit"]["cpu_s"] > 0 and row["mmstream"]["cpu_s"] > 0 and row["ratio_cpu"] > 0

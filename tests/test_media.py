@@ -182,26 +182,33 @@ def test_seek_plan_returns_exactly_the_frames_of_the_sequential_plan(seek_clips,
 
 
 def test_seek_plan_never_seeks_backwards(seek_clips):
+    from mmstream.media.backends.pyav import key_before
+
     for name in ("h264_short_gop_bframes", "hevc_long_gop"):
         info = probe_video(seek_clips[name])
         for targets in target_sets(info.num_frames):
-            runs = seek_plan(info, targets)
-            assert [p for _, run in runs for p in run] == targets  # every target once, in order
-            for (key, run), (_, prev) in zip(runs[1:], runs):
-                assert key is not None and key > info.pts[prev[-1] + MIN_SEEK_GAP]  # forward, well past the last target
-            assert seek_plan(info, targets, seek=False) == [(None, targets)]
+            segments = seek_plan(info, targets)
+            assert [p for _, _, run in segments for p in run] == targets  # every target once, in order
+            for key, _, run in segments:  # each segment's targets are decoded from its key frame
+                assert all(key_before(info, info.pts[p]) == (key if key is not None else info.keyframes[0])
+                           for p in run)
+            for (key, jump, run), (_, _, prev) in zip(segments[1:], segments):
+                key_pos = info.pts.index(key)
+                assert key_pos > prev[-1]  # forward only
+                assert jump == (key_pos > prev[-1] + MIN_SEEK_GAP)  # near key frames are read up to, not sought
+            assert seek_plan(info, targets, seek=False) == [(None, False, targets)]
     short = probe_video(seek_clips["h264_short_gop_bframes"])  # key frame every 10 frames
-    assert len(seek_plan(short, list(range(200)))) == 1  # dense targets: one forward pass, no seek
-    assert len(seek_plan(short, list(range(0, 200, 12)))) == 1  # key frames close behind: no seek
-    assert [k for k, _ in seek_plan(short, [5, 150, 163, 199])] == [None, short.pts[150], short.pts[190]]
+    dense = seek_plan(short, list(range(200)))
+    assert len(dense) == 20 and not any(jump for _, jump, _ in dense)  # one segment per key frame, read on
+    assert [(k, j) for k, j, _ in seek_plan(short, [5, 150, 163, 199])] == [
+        (None, False), (short.pts[150], True), (short.pts[160], False), (short.pts[190], True)]
 
 
 def test_seek_plan_groups_by_key_frame(clips):
     info = probe_video(clips["h264_bframes_25fps"])  # key frame every 50 frames (25 fps: 2 s)
-    runs = seek_plan(info, [3, 120, 121, 299])
-    assert [r for _, r in runs] == [[3], [120, 121], [299]]
-    assert [k for k, _ in runs] == [None, info.pts[100], info.pts[250]]
-    assert seek_plan(info, [60]) == [(info.pts[50], [60])]  # the first run seeks too when it skips
+    assert seek_plan(info, [3, 120, 121, 299]) == [(None, False, [3]), (info.pts[100], True, [120, 121]),
+                                                   (info.pts[250], True, [299])]
+    assert seek_plan(info, [60]) == [(info.pts[50], True, [60])]  # the first segment seeks too when it skips
 
 
 def test_nonref_skipping_only_where_it_is_exact(seek_clips):
@@ -304,15 +311,20 @@ def test_missing_and_outside_root(tmp_path):
     assert err.value.reason == "path_outside_root"
 
 
-def test_index_probe_equals_the_full_demux(clips, tmp_path):
-    """The probe used for remote media (timestamps from the MP4 index) gives what a full demux gives."""
+def test_index_probe_equals_the_full_demux(clips, seek_clips, tmp_path):
+    """The probe of MP4/MOV files (timestamps from the index, local files too) gives what a
+    full demux gives, HEVC temporal sub-layers (the hvcC record's count) included."""
     rotated = encode_counter_video(tmp_path / "rot.mp4", num_frames=30, size=(160, 96), rotate=90)
     vfr = encode_counter_video(tmp_path / "vfr.mp4", num_frames=20, pts_list=[i * 0.1 + (0.03 if i % 3 else 0)
                                                                           for i in range(20)])
-    for path in list(clips.values()) + [rotated, vfr]:
+    mp4s = [p for p in list(clips.values()) + list(seek_clips.values()) if str(p).endswith(".mp4")]
+    for path in mp4s + [rotated, vfr]:
         a, b = probe_video(str(path), from_index=True), probe_video(str(path), from_index=False)
-        assert (a.pts, a.keyframes, a.time_base, a.width, a.height, a.rotation) == \
-               (b.pts, b.keyframes, b.time_base, b.width, b.height, b.rotation), path
+        assert (a.pts, a.keyframes, a.time_base, a.width, a.height, a.rotation, a.average_rate, a.codec) == \
+               (b.pts, b.keyframes, b.time_base, b.width, b.height, b.rotation, b.average_rate, b.codec), path
+        assert (a.temporal_layers > 1) == (b.temporal_layers > 1), path
+        assert probe_video(str(path)).pts == a.pts  # local MP4s take the index path by default
+    assert probe_video(seek_clips["hevc_temporal_layers"], from_index=True).temporal_layers == 3
 
 
 def test_decoder_threads_follow_the_cores_an_engine_granted():

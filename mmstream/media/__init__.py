@@ -195,20 +195,23 @@ def _load_image(path: str, size: tuple[int, int], limit: Optional[int]) -> np.nd
     return rgb  # writable (np.asarray of a PIL image is read-only)
 
 
-def _stack(got: dict[int, np.ndarray], indices: list[int], out: Optional[np.ndarray] = None) -> np.ndarray:
-    """``[got[i] for i in indices]`` as one array, freeing each decoded frame after its last
-    use, so the clip is held once rather than twice while it is assembled. In a DataLoader
-    worker the array is in shared memory (:mod:`.shared`): it reaches the training process
-    without a copy. ``out`` (at least that many frames) receives them instead."""
-    first = got[indices[0]]
-    shape = (len(indices),) + first.shape
-    frames = out[:len(indices)] if out is not None else frames_buffer(shape, first.dtype)
-    last_use = {i: k for k, i in enumerate(indices)}
+def _clip_rows(indices: list[int], shape: tuple[int, int, int], out: Optional[np.ndarray] = None):
+    """The clip's array (``out``'s first rows when given, else :func:`frames_buffer`: shared
+    memory in a DataLoader worker, so it reaches the training process without a copy) and,
+    per source position, the row its frame is decoded into (its first use)."""
+    frames = out[:len(indices)] if out is not None else frames_buffer((len(indices),) + shape)
+    first: dict[int, int] = {}
     for k, i in enumerate(indices):
-        frames[k] = got[i]
-        if last_use[i] == k:
-            del got[i]
-    return frames
+        first.setdefault(i, k)
+    return frames, {i: frames[k] for i, k in first.items()}, first
+
+
+def _fill_repeats(frames: np.ndarray, indices: list[int], first: dict[int, int]) -> None:
+    """Rows that repeat an earlier frame (the fps rule's repeated slots, a fitted plan's
+    padding) copied from that frame's row."""
+    for k, i in enumerate(indices):
+        if first[i] != k:
+            frames[k] = frames[first[i]]
 
 
 def decode_media(plan: MediaPlan, sampling: SamplingConfig, out: Optional[np.ndarray] = None) -> Clip:
@@ -239,13 +242,19 @@ def _decode_media(plan: MediaPlan, sampling: SamplingConfig, out: Optional[np.nd
         positions = sorted(set(plan.indices))
         backend = get_backend(sampling.decoder)
         threads = resolve_threads(sampling.decoder_threads)
-        got = backend.read(plan.path, info, positions, size, threads, sampling.salvage)
-        if sampling.salvage and len(got) < len(positions):
-            plan.indices = [i for i in plan.indices if i in got]
+        frames, rows, first = _clip_rows(plan.indices, (size[1], size[0], 3), out)
+        got = backend.read_into(plan.path, info, positions, size, rows, threads, sampling.salvage)
+        if len(got) < len(positions):  # salvaged: the frames before the damage, moved up
+            kept = [i for i in plan.indices if i in got]
+            if not kept:
+                raise SampleError(NO_FRAMES, "no decodable frame", path=plan.path)
+            compact = frames_buffer((len(kept),) + frames.shape[1:])
+            compact[:] = frames[[first[i] for i in kept]]
+            frames = compact
+            plan.indices = kept
             plan.timestamps = [info.seconds(i) for i in plan.indices]
-        if not plan.indices:
-            raise SampleError(NO_FRAMES, "no decodable frame", path=plan.path)
-        frames = _stack(got, plan.indices, out)
+        else:
+            _fill_repeats(frames, plan.indices, first)
         timing.count("video_seconds", info.duration_seconds)
     return Clip(kind=plan.kind, path=plan.path, frames=frames,
                 timestamps=np.asarray(plan.timestamps, dtype=np.float64),

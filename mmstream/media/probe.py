@@ -53,6 +53,25 @@ def apply_rotation(frame, rotation: int):
     return np.ascontiguousarray(np.rot90(frame, quarter)) if quarter else frame
 
 
+#: Local files with these extensions are probed from their MP4 index (:func:`_probe_index`):
+#: reading the index costs the ``moov`` box, a full demux reads the whole file.
+INDEX_EXTS = (".mp4", ".m4v", ".mov")
+
+#: Options for the probe's open: FFmpeg's stream analysis (``avformat_find_stream_info``)
+#: decodes frames of H.264 (1 to 7, to guess the reorder delay) that the probe never uses;
+#: the MP4 header already holds what it reads (size, time base, rates, the index). The
+#: decode opens the file without them, so its decoder gets the guessed delay.
+FAST_OPEN = {"options": {"probesize": "32"}, "stream_options": [{"skip_frame": "all"}]}
+
+
+def _hevc_temporal_layers(extradata: Optional[bytes]) -> int:
+    """numTemporalLayers of an ``hvcC`` record (0: unknown, then 2 is assumed: no
+    non-reference skipping)."""
+    if extradata and len(extradata) > 22 and extradata[0] == 1:
+        return ((extradata[21] >> 3) & 7) or 2
+    return 2
+
+
 def _nal_length_size(extradata: Optional[bytes]) -> int:
     """NAL length-prefix size of an ``hvcC`` record, 0 for Annex B (start codes)."""
     if extradata and len(extradata) > 22 and extradata[0] == 1:
@@ -74,17 +93,17 @@ def _hevc_temporal_id(data: memoryview, length_size: int) -> int:
 def probe_video(path: str, from_index: Optional[bool] = None, max_pixels: Optional[int] = None) -> VideoInfo:
     """The video's frame timestamps, key frames, size and rotation; see :func:`_probe`.
 
-    ``from_index`` (default: for remote media) reads the timestamps from an MP4/MOV's
-    index (:mod:`.mp4index`) instead of demuxing every packet, so a remote video costs the
-    bytes of its index and first frame, not the whole object; any other container, or
-    an index it does not vouch for, is demuxed as a local file is.
+    ``from_index`` (default: for remote media and local ``.mp4``/``.m4v``/``.mov`` files)
+    reads the timestamps from an MP4/MOV's index (:mod:`.mp4index`) instead of demuxing
+    every packet, so a video costs the bytes of its index and first frame, not the whole
+    file; any other container, or an index it does not vouch for, is demuxed.
 
     ``max_pixels``: a stream whose pictures are declared larger is ``too_large``, refused
     before FFmpeg allocates one (:mod:`.bounds`)."""
     from .. import storage
 
     if from_index is None:
-        from_index = storage.is_url(path)
+        from_index = storage.is_url(path) or path.lower().endswith(INDEX_EXTS)
     with ffmpeg_bound(max_pixels) as bound:
         try:
             info = _probe_index(path, bound) if from_index else None
@@ -97,10 +116,14 @@ def probe_video(path: str, from_index: Optional[bool] = None, max_pixels: Option
     return info
 
 
-def _open(source, bound: FFmpegBound, path: str):
+def _open(source, bound: FFmpegBound, path: str, fast: bool = False):
     """``av.open`` with FFmpeg's picture bound, then the declared size checked before any
-    frame is decoded."""
-    container = av.open(source, metadata_errors="ignore", options=bound.options)
+    frame is decoded; ``fast``: without FFmpeg's stream analysis (:data:`FAST_OPEN`)."""
+    if fast:
+        container = av.open(source, metadata_errors="ignore", options={**FAST_OPEN["options"], **bound.options},
+                            stream_options=FAST_OPEN["stream_options"])
+    else:
+        container = av.open(source, metadata_errors="ignore", options=bound.options)
     try:
         for stream in container.streams.video[:1]:
             cc = stream.codec_context
@@ -128,7 +151,7 @@ def _probe_index(path: str, bound: FFmpegBound) -> Optional[VideoInfo]:
                 source.seek(0)
             if not offsets:
                 return None
-            with _open(source, bound, path) as container:
+            with _open(source, bound, path, fast=True) as container:
                 if not container.streams.video or "mp4" not in container.format.name:
                     return None
                 stream = container.streams.video[0]
@@ -148,6 +171,7 @@ def _probe_index(path: str, bound: FFmpegBound) -> Optional[VideoInfo]:
                 keys = sorted(p for p, e in zip(pts, entries) if e.is_keyframe)
                 pts.sort()
                 width, height, codec = cc.width, cc.height, cc.name
+                layers = _hevc_temporal_layers(cc.extradata) if codec == "hevc" else 1
                 time_base = Fraction(stream.time_base.numerator, stream.time_base.denominator)
                 rate = stream.average_rate or stream.guessed_rate
     except SampleError:
@@ -159,10 +183,10 @@ def _probe_index(path: str, bound: FFmpegBound) -> Optional[VideoInfo]:
     last = None
     if len(pts) == 1 and rate:
         last = int(round(1 / (Fraction(rate.numerator, rate.denominator) * time_base)))
-    # HEVC temporal sub-layers are in the packets, not the index: assume some (no non-reference skipping)
+    # HEVC temporal sub-layers: the count the hvcC record declares (unknown: assume some)
     return VideoInfo(pts=pts, keyframes=keys or [pts[0]], time_base=time_base, width=width, height=height,
                      rotation=rotation, last_duration=last, codec=codec,
-                     temporal_layers=2 if codec == "hevc" else 1, average_rate=float(rate) if rate else None)
+                     temporal_layers=layers, average_rate=float(rate) if rate else None)
 
 
 def _probe(path: str, bound: FFmpegBound) -> VideoInfo:

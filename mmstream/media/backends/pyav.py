@@ -1,21 +1,25 @@
 """PyAV backend: decodes each needed frame's dependency chain once, and nothing more.
 
-Three rules, each measured in ``benchmarks/`` (see the README's benchmark table):
+Three rules, each measured in ``benchmarks/`` (``decode_limit.py`` times the least
+decoding exact sampling needs, beside this reader):
 
-* **Seek plan.** For each target frame it decides, from the key-frame list the probe
-  read, whether to keep decoding forward or to jump to the key frame before the
-  target: it seeks only when that key frame lies more than ``min_gap`` frames past
-  the last target, so it never seeks backwards, and never back into frames the
-  decoder has already read ahead (B-frame reordering and frame threads hold a few);
-  dense targets become one forward pass, sparse ones (T2Vid's 24 frames of a long
-  video) one short run per key-frame interval.
+* **Segments, drained.** The targets are grouped by the key frame each is decoded
+  from (:func:`seek_plan`). A segment sends packets from its key frame until every
+  target's packet has been sent, then drains the decoder: the frames it holds back
+  for reordering come out without feeding it more packets (which would decode frames
+  nobody needs: on noisy short-GOP video, 12% of the instructions). The packets up to
+  the next segment's key frame are read but not decoded, or skipped by a seek when
+  that key frame lies more than ``MIN_SEEK_GAP`` frames on; it never seeks backwards.
+  A target shown before a later key frame but decoded after it (open GOPs) carries
+  its segment on into the next one without a reset.
 * **Non-reference frames that are not targets are not decoded.** In H.264 a frame
   with ``nal_ref_idc == 0`` (and in HEVC a sub-layer non-reference picture of a
   stream without temporal sub-layers) is never used to predict another frame, so
   the decoder is told to skip it (``skip_frame = NONREF``) unless it is a target.
   The decoder's output for every other frame is bit-identical (tests compare
   against a plain decode). With x264's default B-pyramid that is about 40% of the
-  frames.
+  frames. So the frames decoded are exactly those ``decode_limit.py`` counts as
+  needed (a test checks it).
 * **Only kept frames are scaled and converted**, in one swscale call (resize and
   YUV->RGB together), directly to the output size.
 
@@ -30,6 +34,7 @@ from typing import Optional, Sequence
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from ... import timing
 from ...errors import DECODE_ERROR, SampleError
@@ -38,11 +43,13 @@ from .base import Backend
 
 log = logging.getLogger(__name__)
 
-Run = tuple[Optional[int], list[int]]
+#: A segment of the decode: (pts of the key frame to start sending packets at, or None
+#: for the stream's first packet; whether to seek there first; the target positions).
+Segment = tuple[Optional[int], bool, list[int]]
 
-#: Seek only when it skips more than this many frames. A decoder reads ahead of the
-#: frame it returns (B-frame reordering: 1-4 frames; frame threads: one per thread),
-#: so seeking to a key frame a few frames ahead would decode those frames twice.
+#: Seek only when it skips more than this many frames; nearer key frames are reached by
+#: reading on (packets read are not decoded): a seek costs a demuxer reset and, on object
+#: storage, a new range request.
 MIN_SEEK_GAP = 16
 
 
@@ -52,29 +59,35 @@ def key_before(info: VideoInfo, pts: int) -> int:
 
 
 def seek_plan(info: VideoInfo, positions: Sequence[int], seek: bool = True,
-              min_gap: int = MIN_SEEK_GAP) -> list[Run]:
-    """Group sorted target positions into runs ``(seek_to, [positions])``.
+              min_gap: int = MIN_SEEK_GAP) -> list[Segment]:
+    """Group sorted target positions by the key frame each is decoded from.
 
-    ``seek_to`` is the pts of the key frame to jump to before decoding the run, or
-    None to keep decoding forward. A run starts with a seek when the key frame before
-    its first target lies more than ``min_gap`` frames after the previous target
-    (decoding forward would pass through that many frames nobody needs); the first
-    run seeks when its key frame is more than ``min_gap`` frames into the stream.
-    ``seek=False`` gives a single forward run.
+    Each segment is decoded from its key frame (the last at or before its first
+    target's time) until every target's packet has been sent; then the decoder is
+    drained (the frames it holds back for reordering come out without decoding more
+    packets) and reset, and the packets up to the next segment's key frame are read but
+    not decoded. A segment seeks to its key frame when that lies more than ``min_gap``
+    frames after the previous segment's last target (the first: after the start), so
+    it never seeks backwards. The first segment starts at the stream's first packet
+    when its key frame is the first one. ``seek=False`` gives a single segment from the
+    first packet (the plain sequential read).
     """
-    runs: list[Run] = []
-    last = -1  # position of the previous target (-1: before the first frame)
+    if not seek:
+        return [(None, False, list(positions))] if positions else []
+    segments: list[Segment] = []
+    last = -1  # position of the previous segment's last target (-1: before the first frame)
     for pos in positions:
         key = key_before(info, info.pts[pos])
-        key_pos = bisect_right(info.pts, key) - 1
-        if seek and key_pos - last > min_gap:
-            runs.append((key, [pos]))
-        elif not runs:
-            runs.append((None, [pos]))
+        if segments and segments[-1][0] == key or (segments and segments[-1][0] is None
+                                                      and key == info.keyframes[0]):
+            segments[-1][2].append(pos)
         else:
-            runs[-1][1].append(pos)
+            key_pos = bisect_right(info.pts, key) - 1
+            jump = key_pos - last > min_gap
+            start = None if not segments and not jump and key == info.keyframes[0] else key
+            segments.append((start, jump, [pos]))
         last = pos
-    return runs
+    return segments
 
 
 def can_skip_nonref(info: VideoInfo) -> bool:
@@ -112,9 +125,20 @@ class PyAVBackend(Backend):
 
     def read(self, path: str, info: VideoInfo, positions: Sequence[int], size: tuple[int, int],
              threads: int = 1, salvage: bool = False) -> dict[int, np.ndarray]:
+        rows = {p: np.empty((size[1], size[0], 3), np.uint8) for p in positions}
+        filled = self._read(path, info, positions, size, rows, threads, salvage)
+        return {p: rows[p] for p in positions if p in filled}
+
+    def read_into(self, path: str, info: VideoInfo, positions: Sequence[int], size: tuple[int, int],
+                  rows, threads: int = 1, salvage: bool = False) -> set[int]:
+        if type(self).read is not PyAVBackend.read:  # a subclass that wraps read() keeps being called through it
+            return super().read_into(path, info, positions, size, rows, threads, salvage)
+        return self._read(path, info, positions, size, rows, threads, salvage)
+
+    def _read(self, path, info, positions, size, rows, threads, salvage) -> set[int]:
         from ... import storage
 
-        out: dict[int, np.ndarray] = {}
+        out: set[int] = set()
         bound = {"max_pixels": str(picture_bound(info))}
         try:
             with storage.open_media(path) as source, \
@@ -127,15 +151,8 @@ class PyAVBackend(Backend):
                 stream.codec_context.thread_count = count
                 skip = _Skipper(stream.codec_context, {info.pts[p] for p in positions}) \
                     if self.skip_nonref and can_skip_nonref(info) else None
-                gap = MIN_SEEK_GAP + count - 1
-                for key, run in seek_plan(info, positions, self.seek, gap):
-                    if key is not None:
-                        container.seek(key, stream=stream, backward=True, any_frame=False)
-                    if not self._decode_run(container, stream, info, run, size, out, skip):
-                        # the seek landed after the target (a broken index): read this run from the start
-                        log.info("seek to pts %s of %s landed late; reading from the start", key, path)
-                        container.seek(info.pts[0], stream=stream, backward=True, any_frame=False)
-                        self._decode_run(container, stream, info, run, size, out, skip, strict_start=False)
+                self._decode_segments(container, stream, info, seek_plan(info, positions, self.seek), size,
+                                      rows, out, skip, path, count)
         except av.FFmpegError as exc:
             if not salvage:
                 raise SampleError(DECODE_ERROR, f"decoding failed: {exc}", path=path) from None
@@ -147,35 +164,77 @@ class PyAVBackend(Backend):
         return out
 
     @staticmethod
-    def _decode_run(container, stream, info, run, size, out, skip=None, strict_start=True) -> bool:
-        """Decode forward until every target of ``run`` is in ``out``.
-
-        Returns False when the first decoded frame is already past the first target
-        (only possible right after a seek)."""
-        wanted = {info.pts[p]: p for p in run}
-        last = info.pts[run[-1]]
+    def _decode_segments(container, stream, info, segments, size, rows, out, skip, path, threads) -> None:
+        """Decode each segment's targets into ``rows`` (see :func:`seek_plan`), adding each
+        position written to ``out``; the scaler uses the decoder's ``threads``."""
+        cc = stream.codec_context
         width, height = size
         if info.rotation in (90, 270):
             width, height = height, width  # scale before rotating
-        first = True
-        for packet in container.demux(stream):
-            if skip is not None:
-                skip.before(packet)
-            for frame in packet.decode():
+        wanted: dict[int, int] = {}  # pts -> position, targets not yet out of the decoder
+        # One scaler for the whole read, with the decoder's threads: VideoFrame.to_ndarray(width=...)
+        # sets up a new swscale context for every frame, each starting a thread per CPU of the
+        # machine (its default), whatever the cores this worker was given
+        scaler = VideoReformatter()
+
+        def take(frames) -> None:
+            for frame in frames:
                 timing.count("decoded_frames")
-                if frame.pts is None:
-                    continue
-                if first and strict_start and frame.pts > info.pts[run[0]]:
-                    return False
-                first = False
-                pos = wanted.pop(frame.pts, None)
+                pos = wanted.pop(frame.pts, None) if frame.pts is not None else None
                 if pos is not None:
                     with timing.stage("convert"):
-                        rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
-                        out[pos] = apply_rotation(rgb, info.rotation)
-                if frame.pts >= last or not wanted:
-                    return True
-        return True
+                        rgb = scaler.reformat(frame, width=width, height=height, format="rgb24",
+                                              threads=threads).to_ndarray()
+                        rows[pos][...] = apply_rotation(rgb, info.rotation)
+                        out.add(pos)
+
+        packets = None
+        i = 0
+        while i < len(segments):
+            key, jump, run = segments[i]
+            if jump:
+                container.seek(key, stream=stream, backward=True, any_frame=False)
+                packets = None
+            if packets is None:
+                packets = container.demux(stream)
+            pending = {info.pts[p] for p in run}  # targets whose packets are still to be sent
+            wanted.update((info.pts[p], p) for p in run)
+            following = i + 1  # the next segment, merged into this one if its key frame is sent now
+            sending = key is None
+            for packet in packets:
+                if packet.size == 0:  # end of stream
+                    break
+                if not sending:
+                    if packet.pts == key:
+                        sending = True
+                    elif packet.pts in pending or (packet.is_keyframe and packet.pts is not None
+                                                    and packet.pts > key):
+                        break  # past the key frame without meeting it: a seek that landed late
+                    else:
+                        continue  # before the key frame: read, not decoded
+                if skip is not None:
+                    skip.before(packet)
+                take(cc.decode(packet))
+                pending.discard(packet.pts)
+                if following < len(segments) and packet.pts == segments[following][0]:
+                    # the next segment's key frame was needed here (a target shown before it,
+                    # decoded after it: open GOPs): go on into that segment without a reset
+                    pending.update(info.pts[p] for p in segments[following][2])
+                    wanted.update((info.pts[p], p) for p in segments[following][2])
+                    following += 1
+                if not pending:
+                    break
+            if not sending:
+                # a broken index: read this segment from the stream's start
+                log.info("key frame at pts %s of %s not found where the index puts it; reading from the start",
+                         key, path)
+                container.seek(info.pts[0], stream=stream, backward=True, any_frame=False)
+                packets = container.demux(stream)
+                segments[i] = (None, False, run)
+                continue
+            take(cc.decode(None))  # drain: the frames held back for reordering, no more packets decoded
+            cc.flush_buffers()
+            i = following
 
 
 class _Skipper:
