@@ -50,6 +50,9 @@ def _decoder_name(value: str) -> Optional[str]:
 class ResizeConfig:
     short_side: Optional[int] = knob(None, min=1)  # scale so the short side is this many pixels
     max_pixels: Optional[int] = knob(None, min=1)  # scale down (never up) so width*height <= this
+    # decode straight to the size the model's processor resizes each frame to (Qwen2-VL/2.5-VL:
+    # smart_resize with the model's pixel limits), so the processor has nothing left to resize
+    to_model: bool = False
 
 
 @dataclass

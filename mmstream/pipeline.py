@@ -64,6 +64,11 @@ class Pipeline:
             plan = self.runner(src.sampling, ref.text is not None).plan(ref, src.sampling)
             if self.model is not None and plan.kind != "image":
                 fit_plan(plan, self.model.frame_count_rule(plan.num_frames))
+            if self.model is not None and src.sampling.resize.to_model and plan.num_frames \
+                    and plan.path is not None:  # text pages are rendered at their configured size
+                size = self.model.input_size(plan.kind, plan.num_frames, plan.width, plan.height)
+                if size is not None:
+                    plan.width, plan.height = size  # the decoder scales to it (swscale)
             plans.append(plan)
         return plans
 

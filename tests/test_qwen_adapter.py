@@ -304,3 +304,34 @@ def test_the_template_is_chatml(data):
                                     {"role": "assistant", "content": "a"}], tokenize=False)
     assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                     "<|vision_start|><|video_pad|><|vision_end|>q<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_frames_decoded_at_the_models_size_count_the_same_and_train(setup, data, family):
+    """sampling.resize.to_model: every frame comes out of the decoder at the size the
+    processor would resize it to (smart_resize), so the processor keeps it as it is; the
+    counts are those of full-size frames, and the model takes the batch."""
+    tok, fam = setup
+    _, model, _ = fam[family]
+    full = {s.key: s for s in StreamingDataset(config(data, family))}
+    cfg = config(data, family)
+    cfg["sampling"]["resize"] = {"to_model": True}
+    ds = StreamingDataset(cfg)
+    small = {s.key: s for s in ds}
+    assert set(small) == set(full) == KEPT
+    resized = 0
+    for key, s in small.items():
+        assert s.tokens == full[key].tokens, key
+        for clip, big in zip(s.clips, full[key].clips):
+            if clip.path is None:  # text pages: rendered at the configured page size
+                assert clip.size == big.size
+                continue
+            h, w = ds.model.resized(clip.kind, clip.num_frames, *big.size)
+            assert clip.size == (w, h), (key, clip.kind)
+            assert clip.size[0] % 28 == 0 and clip.size[1] % 28 == 0
+            resized += clip.size != big.size
+    assert resized  # the fixture's frames are not at the model's size to begin with
+    collate = Qwen2VLCollator(make_processor(family, tok), ds.model, model.config)
+    batch = collate(list(small.values()))
+    assert batch["dropped"] == [] and sorted(batch["keys"]) == sorted(KEPT)
+    forward_backward(model, batch)

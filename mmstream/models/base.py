@@ -253,6 +253,12 @@ class Model:
         """Visual tokens of one image or frame at this (source) size."""
         raise NotImplementedError
 
+    def input_size(self, kind: str, num_frames: int, width: int, height: int) -> Optional[tuple[int, int]]:
+        """(width, height) the model's own processor resizes this medium's frames to, when
+        that size does not depend on anything but these (``sampling.resize.to_model``
+        decodes straight to it); None where the family has no such single size."""
+        return None
+
     def media_tokens(self, kind: str, num_frames: int, width: int, height: int) -> int:
         """Visual tokens of one media item (default: every frame is an image)."""
         return (1 if kind == "image" else num_frames) * self.visual_tokens(width, height)

@@ -223,6 +223,12 @@ class Qwen2VL(Model):
         except ValueError as exc:
             raise SampleError(BAD_SIZE, str(exc)) from None
 
+    def input_size(self, kind: str, num_frames: int, width: int, height: int) -> tuple[int, int]:
+        """smart_resize is idempotent (a size it returns maps to itself), so frames decoded
+        at this size count the same tokens and the processor keeps them as they are."""
+        h, w = self.resized(kind, num_frames, width, height)
+        return w, h
+
     def grid_thw(self, kind: str, num_frames: int, width: int, height: int) -> tuple[int, int, int]:
         h, w = self.resized(kind, num_frames, width, height)
         t = math.ceil(num_frames / TEMPORAL_PATCH_SIZE) if kind in VIDEO_KINDS else 1
