@@ -3,6 +3,7 @@ without them, per model family.
 
     python benchmarks/adapter_bench.py build/bench/epoch.yaml --workers 2 --json
     python benchmarks/adapter_bench.py build/bench/epoch.yaml --families qwen2.5-vl --samples 8
+    python benchmarks/adapter_bench.py build/bench/epoch.yaml --to-model --json   # frames decoded at the model's size
 
 For each family the config's sources and sampling are streamed twice through a
 ``StatefulDataLoader`` with ``--workers`` workers and ``--batch-size`` samples a batch:
@@ -20,13 +21,14 @@ the stream's decode time per sample (the ``decode`` stage) and their ratio.
 
 Families are entries of :data:`FAMILIES`: a function ``(config path, family, work dir,
 pixel_dtype) -> (config dict, make_collate(mmstream model))``. Qwen2-VL and Qwen2.5-VL are
-here; Idefics3's entry goes next to them (its adapter lives in ``training_adapters/idefics3``).
+here, and Idefics3 as T2Vid trains it (unsplit frames, its collator's rule).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +37,7 @@ from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import ROOT  # noqa: E402,F401  (puts the repository on sys.path)
+from _common import ROOT  # noqa: E402  (puts the repository on sys.path)
 
 from mmstream.benchmark import BenchDataset, cpu_seconds, machine_info  # noqa: E402
 from mmstream.config import load_config  # noqa: E402
@@ -94,10 +96,31 @@ def qwen_family(config: str, family: str, work: str, pixel_dtype: Optional[str] 
     return cfg, make_collate
 
 
+def idefics3_family(config: str, family: str, work: str, pixel_dtype: Optional[str] = None) -> tuple[dict, Callable]:
+    """Idefics3 as T2Vid trains it: unsplit frames (169 tokens each, 364x364), the
+    processor's default sizes, T2Vid's collator rule (``strip_text``)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import tiny_idefics3  # the tiny tokenizer with Idefics3's special tokens and chat template
+
+    from training_adapters.idefics3 import Idefics3Collator
+
+    cfg = raw_config(config)
+    words = sorted({w for t in annotation_texts(cfg, os.path.dirname(config)) for w in t.split()})
+    tok_dir = tiny_idefics3.make_tokenizer(os.path.join(work, "idefics3_tokenizer"), tiny_idefics3.WORDS + words)
+    cfg["model"] = {"name": "idefics3", "tokenizer": tok_dir, "token_count": "chat_template"}
+    processor = tiny_idefics3.make_processor(tok_dir, splitting=False, longest_edge=4 * tiny_idefics3.TILE)
+
+    def make_collate(model) -> Callable:
+        return Idefics3Collator(processor, emit_drops=True)
+
+    return cfg, make_collate
+
+
 #: family -> (config path, family, work dir, pixel_dtype) -> (config dict, make_collate(mmstream model))
 FAMILIES: dict[str, Callable[..., tuple[dict, Callable]]] = {
     "qwen2-vl": qwen_family,
     "qwen2.5-vl": qwen_family,
+    "idefics3": idefics3_family,
 }
 
 
@@ -120,10 +143,11 @@ class TimedCollate:
             out.update(samples=len(samples), batch=samples, adapter_s=0.0, adapter_cpu_s=0.0)
             return out
         t0, c0 = time.perf_counter(), time.process_time()
-        batch = self.adapter(samples) if samples else {"keys": [], "dropped": []}
+        batch = (self.adapter(samples) if samples else None) or {}
         out.update(adapter_s=time.perf_counter() - t0, adapter_cpu_s=time.process_time() - c0,
-                   samples=len(batch["keys"]), batch=batch)
-        out["drops"] += [d["reason"] for d in batch["dropped"]]
+                   samples=len(batch.get("input_ids", [])), batch=batch)
+        # Qwen's collator lists drops as dicts, Idefics3's as Drop records
+        out["drops"] += [d["reason"] if isinstance(d, dict) else d.reason for d in batch.get("dropped", [])]
         return out
 
 
@@ -158,22 +182,42 @@ def run(cfg: dict, collate: TimedCollate, workers: int, batch_size: int, samples
 
 
 def bench_family(config: str, family: str, args: argparse.Namespace, work: str) -> dict:
+    """``--repeat`` rounds of (without, with), interleaved; medians with every run."""
     cfg, make_collate = FAMILIES[family](config, family, work, args.pixel_dtype)
+    if args.to_model:
+        cfg.setdefault("sampling", {}).setdefault("resize", {})["to_model"] = True
     from mmstream.models import get_model
 
     model = get_model(load_config(cfg).model)
-    without = run(cfg, TimedCollate(), args.workers, args.batch_size, args.samples)
-    with_ = run(cfg, TimedCollate(make_collate(model)), args.workers, args.batch_size, args.samples)
-    n = max(with_["samples"], 1)
-    decode_ms = 1000 * without["stages_s"].get("decode", 0.0) / max(without["samples"], 1)
-    adapter_ms = 1000 * with_["adapter_s"] / n
-    return {"family": family, "workers": args.workers, "batch_size": args.batch_size, "pixel_dtype": args.pixel_dtype,
-            "without": without, "with": with_,
-            "rate_ratio": round(with_["samples_per_s"] / max(without["samples_per_s"], 1e-9), 3),
-            "adapter_ms_per_sample": round(adapter_ms, 1),
-            "adapter_cpu_ms_per_sample": round(1000 * with_["adapter_cpu_s"] / n, 1),
-            "decode_ms_per_sample": round(decode_ms, 1),
-            "adapter_vs_decode": round(adapter_ms / decode_ms, 3) if decode_ms else None}
+    rounds = []
+    for _ in range(args.repeat):
+        without = run(cfg, TimedCollate(), args.workers, args.batch_size, args.samples)
+        with_ = run(cfg, TimedCollate(make_collate(model)), args.workers, args.batch_size, args.samples)
+        n = max(with_["samples"], 1)
+        decode_ms = 1000 * without["stages_s"].get("decode", 0.0) / max(without["samples"], 1)
+        adapter_ms = 1000 * with_["adapter_s"] / n
+        rounds.append({"without": without, "with": with_,
+                       "rate_ratio": with_["samples_per_s"] / max(without["samples_per_s"], 1e-9),
+                       "adapter_ms_per_sample": adapter_ms,
+                       "adapter_cpu_ms_per_sample": 1000 * with_["adapter_cpu_s"] / n,
+                       "decode_ms_per_sample": decode_ms,
+                       "adapter_vs_decode": adapter_ms / decode_ms if decode_ms else None})
+
+    def med(key, part=None):
+        vals = [r[part][key] if part else r[key] for r in rounds]
+        if any(v is None for v in vals):
+            return None, vals
+        return round(statistics.median(vals), 3), [round(v, 3) for v in vals]
+
+    out = {"family": family, "workers": args.workers, "batch_size": args.batch_size, "pixel_dtype": args.pixel_dtype,
+           "to_model": bool(args.to_model), "repeat": args.repeat,
+           "without": rounds[len(rounds) // 2]["without"], "with": rounds[len(rounds) // 2]["with"]}
+    for key in ("rate_ratio", "adapter_ms_per_sample", "adapter_cpu_ms_per_sample", "decode_ms_per_sample",
+                "adapter_vs_decode"):
+        out[key], out[key + "_runs"] = med(key)
+    for part in ("without", "with"):
+        out[part + "_samples_per_s"], out[part + "_samples_per_s_runs"] = med("samples_per_s", part)
+    return out
 
 
 def main(argv=None) -> int:
@@ -185,6 +229,9 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=None, help="stop each run after this many samples")
     p.add_argument("--pixel-dtype", default=None, choices=["bfloat16", "float16"],
                    help="cast pixel values in the workers (default: the processor's float32)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of (without, with), interleaved; medians (default 3)")
+    p.add_argument("--to-model", action="store_true",
+                   help="sampling.resize.to_model: decode straight to the model's input size")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     families = [f for f in args.families.split(",") if f]
@@ -199,9 +246,10 @@ def main(argv=None) -> int:
         sys.stdout.write("\n")
         return 0
     for r in results:
-        w, a = r["without"], r["with"]
-        print(f"{r['family']}: {w['samples_per_s']:.3f} samples/s without the adapter, {a['samples_per_s']:.3f} with "
-              f"({r['rate_ratio']:.2f}x; {r['workers']} workers, batch {r['batch_size']}); adapter "
+        a = r["with"]
+        print(f"{r['family']}: {r['without_samples_per_s']:.3f} samples/s without the adapter, "
+              f"{r['with_samples_per_s']:.3f} with ({r['rate_ratio']:.2f}x; {r['workers']} workers, batch "
+              f"{r['batch_size']}; medians of {r['repeat']}); adapter "
               f"{r['adapter_ms_per_sample']:.1f} ms/sample ({r['adapter_cpu_ms_per_sample']:.1f} ms CPU) vs decode "
               f"{r['decode_ms_per_sample']:.1f} ms/sample = {r['adapter_vs_decode']}; dropped {a['dropped']}")
     return 0

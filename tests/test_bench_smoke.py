@@ -127,11 +127,14 @@ def test_cost_fit_script(quick_data):
 def test_adapter_bench_reports_both_rates_and_the_processor_cost(quick_data):
     out, _ = quick_data
     res = subprocess.run([sys.executable, os.path.join("benchmarks", "adapter_bench.py"), str(out / "epoch.yaml"),
-                          "--families", "qwen2.5-vl", "--workers", "1", "--samples", "2", "--json"],
+                          "--families", "qwen2.5-vl,idefics3", "--workers", "1", "--samples", "2", "--repeat", "1",
+                          "--to-model", "--json"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    (r,) = json.loads(res.stdout)["results"]
-    assert r["family"] == "qwen2.5-vl" and r["without"]["samples"] == r["with"]["samples"] == 2
+    r, idefics3 = json.loads(res.stdout)["results"]
+    assert idefics3["family"] == "idefics3" and idefics3["with"]["samples"] == 2 and idefics3["with"]["dropped"] == {}
+    assert idefics3["adapter_ms_per_sample"] > 0
+    assert r["family"] == "qwen2.5-vl" and r["to_model"] and r["without"]["samples"] == r["with"]["samples"] == 2
     assert r["without"]["dropped"] == r["with"]["dropped"] == {}  # every count agreed with the processor
     assert r["without"]["samples_per_s"] > 0 and r["with"]["samples_per_s"] > 0 and r["rate_ratio"] > 0
     assert r["adapter_ms_per_sample"] > 0 and r["adapter_cpu_ms_per_sample"] > 0 and r["decode_ms_per_sample"] > 0
