@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import ROOT  # noqa: E402
 
 CHILD = r"""
-import json, os, sys, time
+import json, multiprocessing, os, sys, time
 ann, root, ready, go, walk = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1"
 from torch.utils.data import DataLoader
 from mmstream import StreamingDataset
@@ -76,6 +76,9 @@ class Walk(StreamingDataset):
         for g in self.my_groups(me, total):
             n += len(self.index.members(int(g)))
         touched = sum(int(getattr(self.index, a).view("u1").sum()) for a in self.index.ARRAYS)
+        # every worker has touched the whole index before any measures: a page's PSS is split
+        # among the processes that map it at that instant (a fast worker would see 1/2, not 1/3)
+        self.touched.wait(timeout=600)
         yield {"records": n, "t": touched, **smaps_mb(), **index_map_mb()}
 
 cfg = {"sources": [{"name": "llava178k", "format": "llava", "annotations": ann, "media_root": root}]}
@@ -89,7 +92,9 @@ main = {"construct_s": round(time.perf_counter() - t0, 3), "cache": ds.index.cac
         "main_peak_mb": round(proc_status_mb("VmHWM"), 1), "index_nbytes": ds.index.nbytes(),
         "positions": ds.index.num_positions, "groups": ds.index.num_groups,
         "probed_videos": int(ds.index.facts["probed"].sum())}
-workers = list(DataLoader(ds, batch_size=None, num_workers=2, collate_fn=identity)) if walk else []
+ds.touched = multiprocessing.get_context("fork").Barrier(2)  # inherited by the forked workers
+workers = list(DataLoader(ds, batch_size=None, num_workers=2, collate_fn=identity,
+                          multiprocessing_context="fork")) if walk else []
 print(json.dumps({"main": main, "workers": workers}))
 """
 
