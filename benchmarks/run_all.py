@@ -1,6 +1,6 @@
 """Run every benchmark side by side and write the results table.
 
-    python benchmarks/run_all.py            # about 25 minutes on 2 cores (builds build/bench first)
+    python benchmarks/run_all.py            # about 100 minutes on 2 cores (builds build/bench first)
     python benchmarks/run_all.py --quick    # tiny clips, 1-2 minutes (CI)
 
 Builds the data (``make_data.py``), then measures, each ``--repeat`` times (medians),
@@ -25,6 +25,13 @@ with runs of the things compared interleaved so that background load hits both:
 * the decode limit (issue 23, ``decode_limit.py``): per clip and workload (dense 1 fps,
   T2Vid's 24 frames, QA with k records per video), decoding exactly the frames exact
   sampling cannot skip, beside mmstream, interleaved.
+* issue 20 (``adapter_bench.py``): the Qwen2-VL, Qwen2.5-VL and Idefics3 adapters in the
+  workers, batch rate with and without each, per-sample cost against decoding, with frames
+  at the source's size and at the model's (``--to-model``);
+* issue 26 (``cache_bench.py``): ``mmstream cache`` and the shard writer before (a worktree
+  of the commit before webdataset's TarWriter, in ``build/before_wds``) and after;
+* issue 22 (``resume_bench.py``): a resume's content check on a 10 GB cache against
+  reading its bytes once, cold page cache.
 
 Writes ``benchmarks/results.json`` (everything), ``benchmarks/results.md`` (every
 target with its measured value, the commands, the machine and the date),
@@ -332,6 +339,43 @@ def decode_limit_section(data: str, repeat: int) -> dict:
     return dict(run_json(cmd), command=show(cmd))
 
 
+def adapter_section(data: str, workers: int, repeat: int, quick: bool) -> dict:
+    """Issue 20: the model adapters in the workers, with and without decoding at the model's
+    size (Qwen: sampling.resize.to_model); batch rate with and without each adapter."""
+    out = {}
+    for name, extra in (("source_size", []), ("to_model", ["--to-model"])):
+        cmd = [PY, os.path.join(HERE, "adapter_bench.py"), os.path.join(data, "epoch.yaml"), "--workers",
+               str(workers), "--repeat", str(repeat), "--json"] + extra + (["--samples", "4"] if quick else [])
+        log(f"adapters ({name}): " + show(cmd))
+        out[name] = dict(run_json(cmd), command=show(cmd))
+    return out
+
+
+#: The commit before webdataset became the shard layer (issue 26): the cache benchmark's "before".
+BEFORE_WDS = "e8705eda62ef565c444594351344fb0f7fe810ab"
+
+
+def shard_layer_section(data: str, workers: int, repeat: int) -> dict:
+    """Issue 26: ``mmstream cache`` and the shard writer before and after the move to
+    webdataset's TarWriter (a worktree of the commit before it, in build/)."""
+    before = os.path.join(ROOT, "build", "before_wds")
+    if not os.path.isdir(before):
+        subprocess.run(["git", "worktree", "add", "--detach", before, BEFORE_WDS], cwd=ROOT, check=True,
+                       capture_output=True)
+    cmd = [PY, os.path.join(HERE, "cache_bench.py"), data, "--tree", f"before={before}", "--tree",
+           f"after={ROOT}", "--workers", str(workers), "--repeat", str(repeat), "--json"]
+    log("shard layer: " + show(cmd))
+    return dict(run_json(cmd), command=show(cmd).replace(before, "build/before_wds"))
+
+
+def resume_section(repeat: int, quick: bool) -> dict:
+    """Issue 22: a resume's content check on a 10 GB cache against reading its bytes once."""
+    cmd = [PY, os.path.join(HERE, "resume_bench.py"), "--gb", "0.05" if quick else "10", "--repeat", str(repeat),
+           "--json"]
+    log("resume: " + show(cmd))
+    return dict(run_json(cmd), command=show(cmd))
+
+
 def ray_section(data: str, repeat: int, quick: bool) -> dict:
     cmd = [PY, os.path.join(HERE, "ray_bench.py"), data, "--repeat", str(repeat), "--json"] \
         + (["--copies", "2", "--skew-short", "4"] if quick else [])
@@ -482,6 +526,59 @@ def limit_targets(res: dict) -> list[dict]:
                          f"{statistics.median(r['ratio_cpu'] for r in rows):.2f}x; "
                          f"{sum(r['ratio_cpu'] <= LIMIT_GOAL for r in rows)} of {len(rows)} within {LIMIT_GOAL}x",
              "command": lim["command"], "note": note}]
+
+
+ADAPTER_GOAL = 0.25  # issue 20: the adapter's cost per sample within 25% of the decode's
+RESUME_GOAL = 1.5  # issue 22: the resume check proportional to reading the bytes once
+SHARD_LAYER_GOAL = 0.95  # issue 26: no slowdown beyond noise
+
+
+def round3_targets(res: dict) -> list[dict]:
+    """Issues 20 (adapters), 22 (resume check) and 26 (webdataset as the shard layer)."""
+    rows = []
+    ad = res.get("adapter")
+    if ad:
+        for name, run in ad.items():
+            per = run["results"]
+            worst = max(per, key=lambda r: r["adapter_vs_decode"] or 0)
+            rows.append({
+                "target": f"Adapter cost per sample vs decode cost per sample, epoch set, {per[0]['workers']} "
+                          f"workers, frames at the {'model' if name == 'to_model' else 'source'}'s size (issue 20)",
+                "goal": f"<= {ADAPTER_GOAL}", "value": worst["adapter_vs_decode"],
+                "met": all((r["adapter_vs_decode"] or 0) <= ADAPTER_GOAL for r in per),
+                "measured": "; ".join(
+                    f"{r['family']}: {r['adapter_ms_per_sample']:.0f} ms vs {r['decode_ms_per_sample']:.0f} ms = "
+                    f"{r['adapter_vs_decode']:.2f} (runs {r['adapter_vs_decode_runs']}), batch rate with/without "
+                    f"{r['rate_ratio']:.2f}x" for r in per),
+                "command": run["command"],
+                "note": "" if name == "to_model" else "decode at the model's size (sampling.resize.to_model) "
+                        "to leave the processor no resize (next row)"})
+    rs = res.get("resume")
+    if rs:
+        ratio = rs["check_vs_read_once"]
+        rows.append({
+            "target": f"Resume's content check on a {rs['gb']:.1f} GB cache ({rs['shards']} shards, cold page "
+                      f"cache) vs reading the bytes once (issue 22)",
+            "goal": f"<= {RESUME_GOAL}x", "value": ratio, "met": ratio is not None and ratio <= RESUME_GOAL,
+            "measured": f"{rs['median_s']['resume_check']:.1f} s vs {rs['median_s']['read_once']:.1f} s = {ratio}x "
+                        f"(runs {rs['runs_s']['resume_check']} vs {rs['runs_s']['read_once']}; sha256 on one "
+                        f"thread {rs['median_s']['sha256_one_thread']:.1f} s)",
+            "command": rs["command"], "note": ""})
+    sl = res.get("shard_layer")
+    if sl:
+        speed = sl["speed_vs_before"]["after"]
+        rows.append({
+            "target": "mmstream cache (epoch set, wds shards) and the shard writer alone, after vs before "
+                      "webdataset's TarWriter (issue 26)",
+            "goal": f"speed >= {SHARD_LAYER_GOAL}x", "value": speed,
+            "met": all(v is not None and v >= SHARD_LAYER_GOAL for v in speed.values()) and sl["same_shard_bytes"],
+            "measured": f"cache {sl['median_s']['after']['cache']} s vs {sl['median_s']['before']['cache']} s "
+                        f"(runs {sl['runs_s']['after']['cache']} vs {sl['runs_s']['before']['cache']}), writer "
+                        f"{sl['median_s']['after']['writer']} s vs {sl['median_s']['before']['writer']} s "
+                        f"(runs {sl['runs_s']['after']['writer']} vs {sl['runs_s']['before']['writer']}); "
+                        f"same shard bytes: {sl['same_shard_bytes']}",
+            "command": sl["command"], "note": ""})
+    return rows
 
 
 def limit_table(res: dict) -> list[str]:
@@ -842,6 +939,9 @@ def write_markdown(res: dict, path: str) -> None:
     if res.get("limit_targets"):
         L += ["", "## Targets (issue 23: the decode limit)", ""] + _targets_table(res["limit_targets"]) \
             + _missed(res["limit_targets"])
+    if res.get("round3_targets"):
+        L += ["", "## Targets (issues 20, 22, 26: adapters, resume check, the shard layer)", ""] \
+            + _targets_table(res["round3_targets"]) + _missed(res["round3_targets"])
     L += ["", "## One epoch of the epoch set"] + epoch_table(res)[1:]
     st = ep["stream"][w]["stages_s"]
     L += ["", f"Stream stage times ({w} workers, seconds summed over workers): "
@@ -888,7 +988,8 @@ def write_readme(res: dict, path: str) -> None:
          f"{res['repeat']} runs); full tables, per-stage times and the exact commands: "
          "[`benchmarks/results.md`](benchmarks/results.md). " + " ".join(header(res)[:1]), ""]
     rows = (res["targets"] + res.get("qa_targets", []) + res.get("supervision_targets", [])
-            + res.get("storage_ray_targets", []) + res.get("scale_targets", []) + res.get("soak_targets", []) + res.get("limit_targets", []))
+            + res.get("storage_ray_targets", []) + res.get("scale_targets", []) + res.get("soak_targets", []) + res.get("limit_targets", [])
+            + res.get("round3_targets", []))
     L += _targets_table(rows) + _missed(rows)
     L += epoch_table(res) + qa_table(res) + decoders_table(res) + limit_table(res)
     L += ["", "![throughput against workers](benchmarks/throughput.png)", ""]
@@ -897,7 +998,7 @@ def write_readme(res: dict, path: str) -> None:
 
 
 SECTIONS = ("exact", "sparse", "memory", "epoch", "qa", "mix_memory", "index", "cost", "decoders", "supervision",
-            "storage", "ray", "soak", "decode_limit")
+            "storage", "ray", "soak", "decode_limit", "adapter", "shard_layer", "resume")
 
 
 def render(res: dict, out: str, readme: bool) -> None:
@@ -908,6 +1009,7 @@ def render(res: dict, out: str, readme: bool) -> None:
     res["soak_targets"] = soak_targets(res)
     res["scale_targets"] = scale_targets(res)
     res["limit_targets"] = limit_targets(res)
+    res["round3_targets"] = round3_targets(res)
     ep = res["epoch"]
     plot = os.path.join(out, "throughput.png")
     w = str(res["workers"])
@@ -1003,7 +1105,10 @@ def main(argv=None) -> int:
                 "storage": lambda: storage_section(data, args.workers, args.repeat),
                 "ray": lambda: ray_section(data, args.repeat, args.quick),
                 "soak": lambda: soak_section(args.workers),
-                "decode_limit": lambda: decode_limit_section(data, args.repeat)}
+                "decode_limit": lambda: decode_limit_section(data, args.repeat),
+                "adapter": lambda: adapter_section(data, args.workers, args.repeat, args.quick),
+                "shard_layer": lambda: shard_layer_section(data, args.workers, args.repeat),
+                "resume": lambda: resume_section(args.repeat, args.quick)}
     for name in SECTIONS:
         if name not in only:
             continue
@@ -1019,7 +1124,7 @@ def main(argv=None) -> int:
     render(res, out, readme)
     log(f"done in {res['total_s']} s: {rel(os.path.join(out, 'results.md'))}")
     for t in (res["targets"] + res["qa_targets"] + res["supervision_targets"] + res["storage_ray_targets"]
-              + res["soak_targets"] + res["scale_targets"] + res["limit_targets"]):
+              + res["soak_targets"] + res["scale_targets"] + res["limit_targets"] + res["round3_targets"]):
         print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['measured']}")
     return 0
 
