@@ -142,11 +142,8 @@ class Qwen2VLCollator:
                      "second_per_grid_ts"):
             parts = [e[name] for e in encoded if name in e]
             if parts:
-                out[name] = torch.cat(parts)
-        if self.pixel_dtype is not None:
-            for name in ("pixel_values", "pixel_values_videos"):
-                if name in out:
-                    out[name] = out[name].to(self.pixel_dtype)
+                pixels = name in ("pixel_values", "pixel_values_videos")
+                out[name] = _joined(parts, self.pixel_dtype if pixels else None)
         return out
 
     def _rope(self, input_ids, types, media, attention_mask=None) -> torch.Tensor:
@@ -197,3 +194,18 @@ class Qwen2VLCollator:
 
 
 __all__ = ["Qwen2VLCollator", "model_inputs", "to_device", "MODEL_KEYS"]
+
+
+def _joined(parts: Sequence[torch.Tensor], dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``torch.cat(parts).to(dtype)`` in one pass over the bytes: a sample's pixel values are
+    ~150 MB of float32 at Qwen's default sizes, and each extra copy costs the worker ~20 ms.
+    A single part in its dtype is returned as it is (the batch of one sample)."""
+    dtype = dtype or parts[0].dtype
+    if len(parts) == 1:
+        return parts[0].to(dtype)  # no copy when already of that dtype
+    out = torch.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), dtype=dtype)
+    at = 0
+    for p in parts:
+        out[at:at + len(p)].copy_(p)  # converts while copying
+        at += len(p)
+    return out
