@@ -21,7 +21,9 @@ the stream's decode time per sample (the ``decode`` stage) and their ratio.
 
 Families are entries of :data:`FAMILIES`: a function ``(config path, family, work dir,
 pixel_dtype) -> (config dict, make_collate(mmstream model))``. Qwen2-VL and Qwen2.5-VL are
-here, and Idefics3 as T2Vid trains it (unsplit frames, its collator's rule).
+here, and Idefics3 as T2Vid trains it (unsplit frames, its collator's rule) with
+transformers 5's default image processor (torchvision) and, as ``idefics3-pil``, with the
+PIL one T2Vid's transformers 4.46.1 has.
 """
 from __future__ import annotations
 
@@ -98,7 +100,9 @@ def qwen_family(config: str, family: str, work: str, pixel_dtype: Optional[str] 
 
 def idefics3_family(config: str, family: str, work: str, pixel_dtype: Optional[str] = None) -> tuple[dict, Callable]:
     """Idefics3 as T2Vid trains it: unsplit frames (169 tokens each, 364x364), the
-    processor's default sizes, T2Vid's collator rule (``strip_text``)."""
+    processor's default sizes, T2Vid's collator rule (``strip_text``). ``idefics3``: the
+    image processor transformers 5 gives by default (torchvision); ``idefics3-pil``: the
+    PIL one, the only one under transformers 4.46.1, T2Vid's pin (LANCZOS; ~3-4x slower)."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import tiny_idefics3  # the tiny tokenizer with Idefics3's special tokens and chat template
 
@@ -109,6 +113,12 @@ def idefics3_family(config: str, family: str, work: str, pixel_dtype: Optional[s
     tok_dir = tiny_idefics3.make_tokenizer(os.path.join(work, "idefics3_tokenizer"), tiny_idefics3.WORDS + words)
     cfg["model"] = {"name": "idefics3", "tokenizer": tok_dir, "token_count": "chat_template"}
     processor = tiny_idefics3.make_processor(tok_dir, splitting=False, longest_edge=4 * tiny_idefics3.TILE)
+    if family == "idefics3":
+        from transformers import Idefics3ImageProcessor
+
+        processor.image_processor = Idefics3ImageProcessor(
+            do_image_splitting=False, size={"longest_edge": 4 * tiny_idefics3.TILE},
+            max_image_size={"longest_edge": tiny_idefics3.TILE})
 
     def make_collate(model) -> Callable:
         return Idefics3Collator(processor, emit_drops=True)
@@ -121,6 +131,7 @@ FAMILIES: dict[str, Callable[..., tuple[dict, Callable]]] = {
     "qwen2-vl": qwen_family,
     "qwen2.5-vl": qwen_family,
     "idefics3": idefics3_family,
+    "idefics3-pil": idefics3_family,
 }
 
 
