@@ -488,7 +488,13 @@ def targets(res: dict, workers: int) -> list[dict]:
         "goal": "< 600 MB, within 10%", "value": max(a, b), "met": met,
         "measured": f"1 min: {a:.0f} MB, 30 min: {b:.0f} MB ({100 * (mem['ratio_30min_to_1min'] - 1):+.1f}%); "
                     f"worker RSS at start {mem['mem_1min']['start_rss_mb'][0]:.0f} MB",
-        "command": mem["mem_1min"]["command"] + "  /  " + mem["mem_30min"]["command"]})
+        "command": mem["mem_1min"]["command"] + "  /  " + mem["mem_30min"]["command"],
+        "note": "" if met else (
+            "RSS counts the pages a worker shares with its parent: importing torch 2.14.1 (the registry's CUDA "
+            "build, issue 20's pins; the earlier CPU build took about half) makes a process of ~530 MB RSS here, "
+            "about half of it file-backed library pages, and a worker starts from its parent's. What a worker "
+            "adds past its start is the frames (this clip's 24 720p frames: 66 MB, held in shared memory) and "
+            "the decoder's buffers; the length of the video does not change it (1 min vs 30 min)")})
     ratio = round(stream["samples_per_s"] / stream1["samples_per_s"], 3)
     rows.append({
         "target": f"Scaling: {workers} workers vs 1 worker",
@@ -556,8 +562,12 @@ def round3_targets(res: dict) -> list[dict]:
                     f"{r['adapter_vs_decode']:.2f} (runs {r['adapter_vs_decode_runs']}), batch rate with/without "
                     f"{r['rate_ratio']:.2f}x" for r in per),
                 "command": run["command"],
-                "note": "" if name == "to_model" else "decode at the model's size (sampling.resize.to_model) "
-                        "to leave the processor no resize (next row)"})
+                "note": ("the processors' own float32 work (uint8 to float, normalise, patchify, concatenate: "
+                         "~140 MB a sample copied four times, inside transformers) is most of it; Idefics3's PIL "
+                         "processor (T2Vid's transformers 4.46.1) resizes each frame twice with LANCZOS. "
+                         "Workers for the processor as well as the decoder (README, Training adapters)")
+                        if name == "to_model" else "decode at the model's size (sampling.resize.to_model) to "
+                        "leave the processor no resize (next row)"})
     rs = res.get("resume")
     if rs:
         ratio = rs["check_vs_read_once"]
@@ -585,7 +595,10 @@ def round3_targets(res: dict) -> list[dict]:
             "command": sl["command"],
             "note": (f"this checkout (later decode changes included): cache {sl['median_s']['now']['cache']} s, "
                      f"writer {sl['median_s']['now']['writer']} s. " if "now" in sl["median_s"] else "")
-                    + "before/after are the commits just before and at the move (nothing else between them)"})
+                    + "before/after are the commits just before and at the move (nothing else between them). "
+                      "The writer alone is ~7% slower: TarWriter writes through tarfile's stream mode ('w|'), "
+                      "which hands the file 10 KB pieces (~0.3 ms more per 1.4 MB sample); a cache run does not "
+                      "see it"})
     return rows
 
 

@@ -198,7 +198,7 @@ __all__ = ["Qwen2VLCollator", "model_inputs", "to_device", "MODEL_KEYS"]
 
 def _joined(parts: Sequence[torch.Tensor], dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``torch.cat(parts).to(dtype)`` in one pass over the bytes: a sample's pixel values are
-    ~150 MB of float32 at Qwen's default sizes, and each extra copy costs the worker ~20 ms.
+    up to ~140 MB of float32 at Qwen's default sizes, and each extra copy costs the worker ~20-40 ms.
     A single part in its dtype is returned as it is (the batch of one sample)."""
     dtype = dtype or parts[0].dtype
     if len(parts) == 1:
