@@ -49,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -325,30 +326,30 @@ def supervision_section(data: str, workers: int, repeat: int) -> dict:
     return out
 
 
-def storage_section(data: str, workers: int, repeat: int) -> dict:
-    cmd = [PY, os.path.join(HERE, "storage_bench.py"), data, "--workers", str(workers), "--repeat", str(repeat),
-           "--json"]
-    log("object storage: moto S3 server vs local disk, sparse bytes")
+def bench_script(what: str, script: str, *args: Any) -> dict:
+    """``benchmarks/<script> ARGS... --json``: its JSON, with the command that gave it."""
+    cmd = [PY, os.path.join(HERE, script), *map(str, args), "--json"]
+    log(f"{what}: {show(cmd)}")
     return dict(run_json(cmd), command=show(cmd))
+
+
+def storage_section(data: str, workers: int, repeat: int) -> dict:
+    return bench_script("object storage (moto S3 server vs local disk, sparse bytes)", "storage_bench.py", data,
+                        "--workers", workers, "--repeat", repeat)
 
 
 def decode_limit_section(data: str, repeat: int) -> dict:
     """Issue 23: mmstream against the least decoding its plans need, per clip and workload."""
-    cmd = [PY, os.path.join(HERE, "decode_limit.py"), data, "--repeat", str(repeat), "--json"]
-    log("decode limit: every 'limit' clip, dense 1 fps, T2Vid, QA k = 1, 2, 4, 8")
-    return dict(run_json(cmd), command=show(cmd))
+    return bench_script("decode limit (every 'limit' clip, dense 1 fps, T2Vid, QA k = 1, 2, 4, 8)",
+                        "decode_limit.py", data, "--repeat", repeat)
 
 
 def adapter_section(data: str, workers: int, repeat: int, quick: bool) -> dict:
     """Issue 20: the model adapters in the workers, with and without decoding at the model's
     size (Qwen: sampling.resize.to_model); batch rate with and without each adapter."""
-    out = {}
-    for name, extra in (("source_size", []), ("to_model", ["--to-model"])):
-        cmd = [PY, os.path.join(HERE, "adapter_bench.py"), os.path.join(data, "epoch.yaml"), "--workers",
-               str(workers), "--repeat", str(repeat), "--json"] + extra + (["--samples", "4"] if quick else [])
-        log(f"adapters ({name}): " + show(cmd))
-        out[name] = dict(run_json(cmd), command=show(cmd))
-    return out
+    return {name: bench_script(f"adapters ({name})", "adapter_bench.py", os.path.join(data, "epoch.yaml"),
+                               "--workers", workers, "--repeat", repeat, *extra, *(["--samples", 4] if quick else []))
+            for name, extra in (("source_size", []), ("to_model", ["--to-model"]))}
 
 
 #: Issue 26's commits: the one before webdataset became the shard layer, and its merge
@@ -367,31 +368,23 @@ def shard_layer_section(data: str, workers: int, repeat: int) -> dict:
             subprocess.run(["git", "worktree", "add", "--detach", folder, commit], cwd=ROOT, check=True,
                            capture_output=True)
         trees += ["--tree", f"{name}={folder}"]
-    cmd = [PY, os.path.join(HERE, "cache_bench.py"), data, *trees, "--tree", f"now={ROOT}", "--workers",
-           str(workers), "--repeat", str(repeat), "--json"]
-    log("shard layer: " + show(cmd))
-    return dict(run_json(cmd), command=show(cmd).replace(os.path.join(ROOT, "build"), "build"))
+    res = bench_script("shard layer", "cache_bench.py", data, *trees, "--tree", f"now={ROOT}", "--workers", workers,
+                       "--repeat", repeat)
+    return dict(res, command=res["command"].replace(os.path.join(ROOT, "build"), "build"))
 
 
 def resume_section(repeat: int, quick: bool) -> dict:
     """Issue 22: a resume's content check on a 10 GB cache against reading its bytes once."""
-    cmd = [PY, os.path.join(HERE, "resume_bench.py"), "--gb", "0.05" if quick else "10", "--repeat", str(repeat),
-           "--json"]
-    log("resume: " + show(cmd))
-    return dict(run_json(cmd), command=show(cmd))
+    return bench_script("resume", "resume_bench.py", "--gb", "0.05" if quick else "10", "--repeat", repeat)
 
 
 def ray_section(data: str, repeat: int, quick: bool) -> dict:
-    cmd = [PY, os.path.join(HERE, "ray_bench.py"), data, "--repeat", str(repeat), "--json"] \
-        + (["--copies", "2", "--skew-short", "4"] if quick else [])
-    log("ray engine: the epoch set x10 and the dense skewed set")
-    return dict(run_json(cmd), command=show(cmd))
+    return bench_script("ray engine (the epoch set x10 and the dense skewed set)", "ray_bench.py", data,
+                        "--repeat", repeat, *(["--copies", 2, "--skew-short", 4] if quick else []))
 
 
 def cost_section(data: str, repeat: int) -> dict:
-    cmd = [PY, os.path.join(HERE, "cost_fit.py"), data, "--repeat", str(repeat), "--json"]
-    log("cost model: predicted vs measured decode seconds")
-    return dict(run_json(cmd), command=show(cmd))
+    return bench_script("cost model (predicted vs measured decode seconds)", "cost_fit.py", data, "--repeat", repeat)
 
 
 def soak_section(workers: int) -> dict:
