@@ -341,3 +341,32 @@ def test_decoder_threads_follow_the_cores_an_engine_granted():
     finally:
         grant_cores(None)
     assert resolve_threads(0) == available_cores()
+
+
+def test_a_large_clip_outside_a_worker_asks_for_huge_pages_and_behaves_as_an_array():
+    """Outside a DataLoader worker a clip of 4 MB or more is its own anonymous mapping with
+    MADV_HUGEPAGE (fewer page faults while it is written frame by frame); it is an
+    ordinary writable array: it pickles, and a view keeps the mapping alive."""
+    import mmap
+    import pickle
+
+    from mmstream.media.shared import HUGE_MIN_BYTES, frames_buffer
+
+    def owner(a):
+        while isinstance(a, np.ndarray) and a.base is not None:
+            a = a.base
+        return a.obj if isinstance(a, memoryview) else a
+
+    small = frames_buffer((2, 8, 8, 3))
+    assert not isinstance(owner(small), mmap.mmap)
+    big = frames_buffer((4, 720, 1280, 3))
+    assert big.nbytes >= HUGE_MIN_BYTES and big.shape == (4, 720, 1280, 3) and big.dtype == np.uint8
+    assert isinstance(owner(big), mmap.mmap) == hasattr(mmap, "MADV_HUGEPAGE")
+    assert big.flags.writeable and big.flags.c_contiguous
+    big[...] = 3
+    big[1, 2, 3] = (1, 2, 250)
+    view = big[1]
+    del big
+    assert view[2, 3].tolist() == [1, 2, 250] and int(view.sum(dtype=np.int64)) == 3 * view.size - 3 * 3 + 253
+    back = pickle.loads(pickle.dumps(view))
+    assert np.array_equal(back, view)
