@@ -89,3 +89,19 @@ def test_a_node_removed_mid_run_every_key_exactly_once(cluster, small, tmp_path,
     assert verify(str(out)).ok
     run = json.loads((out / "manifest.json").read_text())["runs"]["0"]
     assert run["writers"] == mode
+
+
+def test_without_an_address_a_run_starts_its_own_instance_beside_a_running_cluster(cluster, small, tmp_path):
+    """A cluster already runs on this machine (the fixture's head, as after ``ray start``):
+    Ray's ``init()`` without an address would join it (and refuse ``num_cpus``); mmstream
+    without ``--address`` starts its own local instance, as its help says."""
+    cfg, reference = small
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([TESTS] + sys.path)  # the config's test decoder
+    res = subprocess.run([sys.executable, "-m", "mmstream.cli", "cache", cfg, "--output", str(out), "--engine", "ray",
+                          "--workers", "1", "--no-progress", "--json"], env=env, capture_output=True, text=True,
+                         timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert last_json(res.stdout)["kept"] == 8
+    assert_same_cache(reference, out)

@@ -55,7 +55,8 @@ def register(subparsers) -> None:
                    help="with --engine ray: an actor pool (one writer per CPU, a group per call, shards of "
                         "--maxcount samples) instead of tasks (a shard per batch of groups)")
     p.add_argument("--address", default=None, metavar="ADDR",
-                   help="with --engine ray: the Ray cluster to use (default: start a local Ray instance)")
+                   help="with --engine ray: the Ray cluster to use (default: $RAY_ADDRESS when set, else a new local Ray "
+                        "instance, even where another cluster runs on this machine)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="delete what this rank wrote before and start it over (default: resume)")
     p.add_argument("--no-finalize", dest="finalize", action="store_false",

@@ -380,8 +380,10 @@ _NO_SIGTERM_NOTICE = _NoSigtermNotice()  # one instance: adding it again is a no
 
 
 def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
-    """Connect to the Ray cluster at ``address``, or start a local instance with
-    ``workers`` CPUs (default: all); returns what was started."""
+    """Connect to the Ray cluster at ``address`` (else at ``RAY_ADDRESS``, as Ray's job
+    submission sets it), or start a local instance with ``workers`` CPUs (default: all);
+    returns what was started. A local instance is started even where another cluster runs
+    on this machine (``ray start``): Ray's own default would join that one instead."""
     require_ray()
     import ray
 
@@ -391,11 +393,12 @@ def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
                               "logging_level": logging.WARNING}
     if ray.is_initialized():
         info = {"address": "already initialised", "started": False}
-    elif address:
+    elif address or os.environ.get("RAY_ADDRESS"):
+        address = address or os.environ["RAY_ADDRESS"]
         ray.init(address=address, **kwargs)
         info = {"address": address, "started": False}
     else:
-        ray.init(num_cpus=workers or os.cpu_count(), **kwargs)
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), **kwargs)
         info = {"address": "local", "started": True}
     logging.getLogger("ray").setLevel(logging.WARNING)  # its INFO lines would break the progress bar
     return info
