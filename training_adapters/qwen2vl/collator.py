@@ -204,8 +204,4 @@ def _joined(parts: Sequence[torch.Tensor], dtype: Optional[torch.dtype] = None) 
     if len(parts) == 1:
         return parts[0].to(dtype)  # no copy when already of that dtype
     out = torch.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), dtype=dtype)
-    at = 0
-    for p in parts:
-        out[at:at + len(p)].copy_(p)  # converts while copying
-        at += len(p)
-    return out
+    return torch.cat(parts, out=out)  # converts while copying
