@@ -169,9 +169,8 @@ class Qwen2VLCollator:
         if not encoded:
             return self._empty(packed=True)
         rows = []
-        for e in encoded:
-            media = self._media([e])
-            mrope = self._rope(e["input_ids"][None], e["mm_token_type_ids"][None], media)
+        for e in encoded:  # a sample's grids are its own entries: no pixels joined or cast here
+            mrope = self._rope(e["input_ids"][None], e["mm_token_type_ids"][None], e)
             text = torch.arange(len(e["input_ids"]), dtype=mrope.dtype)[None, None]
             rows.append(torch.cat([text, mrope]))
         labels = []
