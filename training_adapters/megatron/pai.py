@@ -34,13 +34,13 @@ from typing import Any, Optional, Union
 
 import torch
 
-from megatron.energon import Cooker, DefaultTaskEncoder, Sample, stateless
+from megatron.energon import Sample, stateless
 from megatron.energon.edataclass import edataclass
 
 from mmstream.models.qwen2vl import (IMAGE_MAX_PIXELS, IMAGE_MIN_PIXELS, IMAGE_PAD, MERGE_SIZE, VIDEO_PAD,
                                      pai_messages)
 
-from .chatml import ChatMLSample, cook_chatml
+from .chatml import ChatMLSample, ChatMLTaskEncoder
 
 IGNORE_INDEX = -100
 
@@ -70,6 +70,12 @@ def answer_mask(tok, messages: list[dict[str, Any]]) -> list[bool]:
     after its generation prefix), False elsewhere. Each turn's span is found by rendering
     the conversation up to it; a conversation whose prefixes do not tokenize as prefixes of
     the whole raises ``ValueError`` (Pai's "Encode Error")."""
+    return tokens_and_mask(tok, messages)[1]
+
+
+def tokens_and_mask(tok, messages: list[dict[str, Any]]) -> tuple[list[int], list[bool]]:
+    """The token ids of the templated ``messages`` and :func:`answer_mask` of them (the
+    conversation rendered and tokenized once for both)."""
     def ids(msgs: list[dict[str, Any]], prompt: bool = False) -> list[int]:
         text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=prompt)
         return tok.encode(text, add_special_tokens=False)
@@ -84,10 +90,10 @@ def answer_mask(tok, messages: list[dict[str, Any]]) -> list[bool]:
         if full[:len(upto)] != upto or upto[:len(head)] != head:
             raise ValueError("the chat template's turns do not tokenize as prefixes of the conversation")
         mask[len(head):len(upto)] = [True] * (len(upto) - len(head))
-    return mask
+    return full, mask
 
 
-class PaiChatMLTaskEncoder(DefaultTaskEncoder):
+class PaiChatMLTaskEncoder(ChatMLTaskEncoder):
     """Cooks with :func:`~.chatml.cook_chatml`, then ``encode_sample`` builds
     :class:`PaiEncodedSample`; batches are lists.
 
@@ -103,8 +109,7 @@ class PaiChatMLTaskEncoder(DefaultTaskEncoder):
     def __init__(self, tokenizer: Union[str, os.PathLike, Any], *, chat_template: Optional[str] = None,
                  min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS,
                  max_length: Optional[int] = None, subflavors: Optional[dict[str, Any]] = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.cookers = [Cooker(cook_chatml, has_subflavors=subflavors)]
+        super().__init__(subflavors=subflavors, **kwargs)
         self._tok_source = tokenizer
         self.chat_template = chat_template
         self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
@@ -137,8 +142,7 @@ class PaiChatMLTaskEncoder(DefaultTaskEncoder):
     def encode_sample(self, sample: ChatMLSample) -> PaiEncodedSample:
         tok, image_proc, video_proc = self._tools()
         messages = pai_messages(sample.conversation)
-        ids = tok.encode(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)
-        trained = answer_mask(tok, messages)
+        ids, trained = tokens_and_mask(tok, messages)
 
         visual: dict[str, Any] = {"pixel_values": None, "image_grid_thw": None,
                                   "pixel_values_videos": None, "video_grid_thw": None}
