@@ -48,14 +48,13 @@ from PIL import Image
 from mmstream import storage
 from mmstream.config import StorageConfig
 from mmstream.errors import MmstreamError
+from mmstream.sinks.manifest import MANIFEST, WIDS_DESCRIPTOR  # what mmstream cache writes
 from mmstream.sinks.tarscan import name_problem, shard_keys
 
 PathLike = Union[str, os.PathLike]
 
 log = logging.getLogger(__name__)
 
-#: The wids shard list ``mmstream cache`` writes beside the manifest.
-WIDS_DESCRIPTOR = "wids.json"
 #: Shards wids keeps open (memory-mapped) at once per process.
 LRU_SHARDS = 32
 #: Where shards in a bucket are copied on first use (``cache_dir`` overrides it).
@@ -101,13 +100,13 @@ def shard_list(source: Union[PathLike, Sequence[PathLike]],
         base = source.rstrip("/")
         desc = _join(base, WIDS_DESCRIPTOR)
         if not _exists(desc, conf):
-            manifest = _join(base, "manifest.json")
+            manifest = _join(base, MANIFEST)
             if _exists(manifest, conf):
                 shards = _read_json(manifest, conf).get("shards", [])
                 return [{"url": _join(base, s["name"]), "nsamples": int(s["count"]), "bytes": int(s["bytes"]),
                          "sha256": s.get("sha256")} for s in shards if s["name"].endswith(".tar")]
             if storage.is_url(base):
-                raise FileNotFoundError(f"{storage.redact(base)} has neither {WIDS_DESCRIPTOR} nor manifest.json")
+                raise FileNotFoundError(f"{storage.redact(base)} has neither {WIDS_DESCRIPTOR} nor {MANIFEST}")
             return [{"url": p, "nsamples": None, "bytes": None, "sha256": None}
                     for p in sorted(glob.glob(os.path.join(glob.escape(base), "*.tar")))]
     spec = _read_json(desc, conf)
@@ -203,10 +202,16 @@ def _frames(sample: dict[str, Any], record: dict[str, Any]) -> dict[str, bytes]:
 
 def _item(sample: dict[str, Any]) -> dict[str, Any]:
     record = _record(sample)
-    item = {"key": sample["__key__"]}
+    return _make_item(sample["__key__"], record, {tag: _pil(data) for tag, data in _frames(sample, record).items()})
+
+
+def _make_item(key: str, record: dict[str, Any], images: dict[str, Any]) -> dict[str, Any]:
+    """The item T2Vid's ``SupervisedDataset`` takes: key, the record's id (when it has one),
+    the images by tag, the conversations."""
+    item = {"key": key}
     if "id" in record:
         item["id"] = record["id"]
-    item["images"] = {tag: _pil(data) for tag, data in _frames(sample, record).items()}
+    item["images"] = images
     item["conversations"] = record["conversations"]
     return item
 
@@ -374,12 +379,8 @@ def sample_to_item(sample: Any) -> dict[str, Any]:
     tags = [tag for tag, _ in _image_items(record)]
     if len(tags) != len(frames):
         raise ValueError(f"sample {sample.key!r}: record names {len(tags)} image(s), sample has {len(frames)} frame(s)")
-    item = {"key": sample.key}
-    if "id" in record:
-        item["id"] = record["id"]
-    item["images"] = {tag: Image.fromarray(np.ascontiguousarray(f)).convert("RGB") for tag, f in zip(tags, frames)}
-    item["conversations"] = record["conversations"]
-    return item
+    return _make_item(sample.key, record, {tag: Image.fromarray(np.ascontiguousarray(f)).convert("RGB")
+                                           for tag, f in zip(tags, frames)})
 
 
 class MiniCPMVStream(torch.utils.data.IterableDataset):
