@@ -45,12 +45,12 @@ def apply_rotation(frame, rotation: int):
     """Turn a decoded HxWx3 array upright the way the ffmpeg CLI's autorotate does.
 
     ``rotation`` is PyAV's ``VideoFrame.rotation`` (the display matrix angle,
-    counter-clockwise degrees), so the array is rotated by that many quarter turns.
+    counter-clockwise degrees), so the array is rotated by that many quarter turns. A view
+    (no copy): the caller writes it into the clip's row, the one copy it needs.
     """
     import numpy as np
 
-    quarter = (rotation // 90) % 4
-    return np.ascontiguousarray(np.rot90(frame, quarter)) if quarter else frame
+    return np.rot90(frame, (rotation // 90) % 4)
 
 
 #: Local files with these extensions are probed from their MP4 index (:func:`_probe_index`):
