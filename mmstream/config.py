@@ -21,6 +21,12 @@ import yaml
 
 from .errors import ConfigError
 
+#: Default bound of one annotation record's text (a JSONL line, an array element): 16 MiB,
+#: some hundred times the largest record of the supported data sets.
+MAX_RECORD_BYTES = 16 << 20
+#: Default bound of a record's nesting depth (records nest 3-6 deep).
+MAX_DEPTH = 64
+
 SOURCE_FORMATS = ("videochatgpt", "llava", "llava_pretrain", "sharegpt", "t2vid_synthetic",
                   "t2vid_raw", "minicpmv", "auto")
 STRATEGIES = ("t2vid", "uniform", "none")
@@ -153,8 +159,8 @@ class SourceConfig:
     storage_options: dict[str, Any] = knob(factory=dict)  # fsspec options for this source's URLs (endpoint_url...)
     # one record's text (a JSONL line, an array element) may be at most this long and nest at most this
     # deep; a longer or deeper one is bad_json, walked past without being held in memory
-    max_record_mb: float = knob(16.0, gt=0)
-    max_json_depth: int = knob(64, min=1, max=512)
+    max_record_mb: float = knob(MAX_RECORD_BYTES / (1 << 20), gt=0)
+    max_json_depth: int = knob(MAX_DEPTH, min=1, max=512)
     sampling: SamplingConfig = knob(factory=SamplingConfig)  # merged with the top level
     filter: FilterConfig = knob(factory=FilterConfig)  # merged with the top level
 

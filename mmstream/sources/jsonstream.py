@@ -63,6 +63,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator, Literal, Optional, Union
 
+from ..config import MAX_DEPTH, MAX_RECORD_BYTES  # the defaults of a source's max_record_mb, max_json_depth
 from ..errors import BAD_JSON, UNREADABLE_TAIL, ConfigError, SampleError
 from .jsonwalk import Walker, codes, max_depth, opens_more_than
 
@@ -76,11 +77,6 @@ _WS_CHARS = " \t\r\n"
 #: Bytes read at a time; an element is parsed only with this much text after it in
 #: hand (or the end of the file), so a failed parse of a smaller element is real damage.
 CHUNK = 1 << 18
-#: Default bound of one position's text (a JSONL line, an array element): 16 MiB, some
-#: hundred times the largest record of the supported data sets.
-MAX_RECORD_BYTES = 16 << 20
-#: Default bound of a position's nesting depth (records nest 3-6 deep).
-MAX_DEPTH = 64
 #: Where a following object element may start (a resynchronisation candidate): a ``,``
 #: then ``{`` and its first key's quote (or ``}``). Inside a well-formed string a quote is
 #: always escaped, so this cannot match in the text of a valid string.
@@ -557,8 +553,11 @@ class _ArrayScanner:
                 i = n + 1 if follower == "," else n
                 continue
             stray = _STRUCTURE.search(self.text, n)
-            while stray is None and len(self.text) - n <= self.limits.max_bytes and self._more():
-                stray = _STRUCTURE.search(self.text, n)
+            while stray is None and len(self.text) - n <= self.limits.max_bytes:
+                seen = len(self.text)
+                if not self._more():
+                    break
+                stray = _STRUCTURE.search(self.text, seen)  # only the new text (one-character matches)
             if (stray is None and self.eof) or (stray is not None and self.text[stray.start()] in ",]{"):  # stray bytes, then the next element or the end
                 log.warning("%s: stray bytes between array elements at byte %d", self.path, self._byte(n))
                 yield self._checked(value, i, j)  # then the next element (a ',', or a '{' with no ','), or the end
