@@ -293,19 +293,7 @@ class StreamingDataset(IterableDataset):
     def _run_group(self, pipe: Pipeline, g: int, positions) -> list[tuple[int, Any]]:
         """The outcome of each position of group ``g`` (those in ``positions``), skip
         keys left out. Records are read back from the annotation files here."""
-        out: list[tuple[int, Any]] = []
-        records: list[tuple[int, Record]] = []
-        with timing.stage("read"):
-            for p in positions:
-                p = int(p)
-                if self.skip_keys and self.index.key(p) in self.skip_keys:
-                    self.stats["skipped"] += 1
-                    continue
-                item = self.index.item(p)
-                if isinstance(item, SampleError):
-                    out.append((p, self._strict(item)))
-                else:
-                    records.append((p, item))
+        out, records = self._read_group(positions)
         if not records:
             return out
         name = self.index.key(int(self.index.members(g)[0]))
@@ -318,6 +306,33 @@ class StreamingDataset(IterableDataset):
                 out.append((p, outcome))
         out.sort(key=lambda po: po[0])
         return out
+
+    def decode_part(self, pipe: Pipeline, g: int, part: int, parts: int) -> dict:
+        """Part ``part`` of ``parts`` of group ``g``'s long clips, for the worker that runs
+        the group (:meth:`Pipeline.decode_part`; skip keys left out as it leaves them)."""
+        _, records = self._read_group(self.index.members(g), count=False)
+        found: dict = {}
+        for same in _same_media(records):
+            found.update(pipe.decode_part([r for _, r in same], part, parts))
+        return found
+
+    def _read_group(self, positions, count: bool = True) -> tuple[list[tuple[int, Any]], list[tuple[int, Record]]]:
+        """The records at ``positions`` (skip keys left out, counted when ``count``), and
+        the positions whose record could not be read, with their error."""
+        errors: list[tuple[int, Any]] = []
+        records: list[tuple[int, Record]] = []
+        with timing.stage("read"):
+            for p in positions:
+                p = int(p)
+                if self.skip_keys and self.index.key(p) in self.skip_keys:
+                    self.stats["skipped"] += count
+                    continue
+                item = self.index.item(p)
+                if isinstance(item, SampleError):
+                    errors.append((p, self._strict(item) if count else item))
+                else:
+                    records.append((p, item))
+        return errors, records
 
     def _strict(self, exc: SampleError) -> SampleError:
         if self.config.strict:

@@ -254,3 +254,52 @@ def test_task_batches_cover_every_group_once_large_first_small_last():
     for b in batches[1:-1]:  # each holds a share of the rest, not less than the floor
         assert costs[b].sum() >= whole / (SMALLEST * 2) - 0.7
     assert len(plan_batches(np.arange(41), costs, sizes, 2, maxcount=1)) == 41  # maxcount: one group each
+
+
+@pytest.fixture(scope="module")
+def skewed(tmp_path_factory):
+    """A 20 s clip sampled densely (300 frames: over half the run's decode work, as the cost
+    model sees it) beside two short ones, and their local-engine cache (files layout)."""
+    import yaml
+
+    from conftest import write_jsonl
+    from mmstream.synth import encode_counter_video
+
+    root = tmp_path_factory.mktemp("skewed")
+    encode_counter_video(root / "long.mp4", num_frames=500, fps="25", size=(96, 72), gop=50, bframes=2)
+    recs = [{"id": "long", "video": "long.mp4"}]
+    for i in range(2):
+        encode_counter_video(root / f"s{i}.mp4", num_frames=20, fps="25", size=(96, 72))
+        recs.append({"id": f"s{i}", "video": f"s{i}.mp4"})
+    write_jsonl(root / "a.jsonl", [dict(r, conversations=[{"from": "human", "value": "<video>\nWhat?"},
+                                                          {"from": "gpt", "value": "A"}]) for r in recs])
+    cfg = {"sources": [{"name": "s", "format": "llava", "annotations": "a.jsonl"}],
+           "sampling": {"fps": 15, "max_frames": None, "strategy": "none"},
+           "model": {"name": "minicpmv-2.5"}, "output": {"format": "minicpmv", "layout": "files", "maxcount": 2}}
+    path = root / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run_cache(str(path), str(root / "ref"), workers=0, progress=False)
+    return str(path), root / "ref"
+
+
+def test_a_long_clip_is_decoded_in_parts_by_two_workers_and_the_cache_is_the_same(skewed, tmp_path):
+    cfg, reference = skewed
+    out = tmp_path / "ray"
+    res = cli("cache", cfg, "--output", str(out), "--engine", "ray", "--workers", "2", "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_cache(reference, out)  # every frame of the joined clip byte for byte
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["runs"]["0"]["clips_decoded_in_parts"] == 1
+
+
+def test_parts_follow_a_groups_share_of_the_run():
+    from mmstream.sinks.ray_engine import GUIDED, parts_for
+
+    assert GUIDED == 2
+    assert parts_for(55, 74, cpus=2, max_parts=64) == 2  # the 30-minute video of the skewed benchmark set
+    assert parts_for(55, 74, cpus=8, max_parts=64) == 8
+    assert parts_for(55, 74, cpus=8, max_parts=3) == 3
+    assert parts_for(55, 74, cpus=8, max_parts=1) == 1
+    assert parts_for(1, 100, cpus=8, max_parts=64) == 1  # a group like the others: whole
+    assert parts_for(10, 80, cpus=4, max_parts=64) == 1 and parts_for(20, 80, cpus=4, max_parts=64) == 2
+    assert parts_for(0, 0, cpus=2, max_parts=64) == 1

@@ -29,6 +29,13 @@ examples:
 """
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("cache", help="cache the stream to shards (megatron, minicpmv, idefics3)",
                               description=DESCRIPTION, epilog=EPILOG,
@@ -54,6 +61,11 @@ def register(subparsers) -> None:
     p.add_argument("--ray-actors", action="store_true",
                    help="with --engine ray: an actor pool (one writer per CPU, a group per call, shards of "
                         "--maxcount samples) instead of tasks (a shard per batch of groups)")
+    p.add_argument("--ray-parts", type=_at_least_one, default=None, metavar="N",
+                   help="with --engine ray (tasks): a video holding a large share of the run's decode work (one "
+                        "30-minute video among short ones) is decoded in up to N parts by different workers at "
+                        "once, each from its own key frame, and joined before formatting (default: the cluster's "
+                        "CPUs; 1: never split)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="with --engine ray: the Ray cluster to use (default: $RAY_ADDRESS when set, else a new local Ray "
                         "instance, even where another cluster runs on this machine)")
@@ -70,7 +82,8 @@ def run(args) -> int:
     if args.engine == "ray":  # Ray starts in the background while torch and the index load
         from ..sinks.ray_engine import RaySession
 
-        with RaySession(args.address, args.workers or None, actors=args.ray_actors) as session:
+        with RaySession(args.address, args.workers or None, actors=args.ray_actors,
+                        max_parts=args.ray_parts) as session:
             return _run(args, session)
     return _run(args, None)
 

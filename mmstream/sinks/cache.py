@@ -345,13 +345,15 @@ def _ray_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, wo
     recorded = {k for s in manifest.shards for k in s["keys"]}  # kept keys in listed shards
     dropped_keys: set[str] = set()
     first = None
-    received = written = 0
+    received = written = joined = 0
     busy: dict[str, float] = {}  # seconds of work per Ray worker process
     for result, size in run_writers(dataset, spec, session, first_writer=max(writers, default=-1) + 1,
                                     actors=actors, recorded=recorded):
-        first = first or time.monotonic()
+        if result.shards:
+            first = first or time.monotonic()
         received += size
         written += result.frame_bytes
+        joined += result.joined
         busy[result.worker] = busy.get(result.worker, 0.0) + result.busy_s
         for d in result.drops:
             if d.key not in covered and d.key not in dropped_keys and d.key not in recorded:
@@ -382,6 +384,7 @@ def _ray_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, wo
     return {"first": first, "extra": {"writers": "actors" if actors else "tasks",
                                       "driver_bytes_received": received, "shard_bytes_written": written,
                                       "worker_busy_s": [round(b, 2) for b in loads],
+                                      "clips_decoded_in_parts": joined,
                                       "busy_max_over_mean": round(loads[0] / (sum(loads) / len(loads)), 3)
                                       if loads and sum(loads) > 0 else None}}
 

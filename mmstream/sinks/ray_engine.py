@@ -25,7 +25,11 @@ Two kinds of writers:
   ``1 / (GUIDED x CPUs)`` of the cost still to plan (guided scheduling: large batches
   first, small ones last, so the writers finish together) but no less than ``1 /
   (SMALLEST x CPUs)`` of the whole, and at most ``maxcount`` samples. A task whose worker or node dies is run again by Ray (``MAX_RETRIES``) under the
-  same writer id, so it writes the same names again.
+  same writer id, so it writes the same names again. A group holding a large share of the
+  run's cost (:func:`parts_for`) is a batch of its own whose long clips are decoded in
+  parts: **part tasks** decode all but the first part (:meth:`StreamingDataset.decode_part`)
+  while the writer task decodes the first, then takes their frames from the object store
+  and joins them (:mod:`mmstream.media.split`); a part that failed is decoded by the writer.
 * **actors** (``--ray-actors``): one actor per CPU, one group per call and one call at a
   time per actor (a 30-minute video never holds a short group back), shards rotating at
   ``maxcount`` across calls. An actor that dies (its node removed) loses its open shard:
@@ -109,6 +113,7 @@ class Result:
     frame_bytes: int = 0  # files layout: frame files written (a shard's bytes count its part only)
     worker: str = ""  # the Ray worker process (node and pid) that did it
     busy_s: float = 0.0  # seconds it spent on it
+    joined: int = 0  # clips decoded in parts (with part tasks) and joined here
 
 
 class Writer:
@@ -151,30 +156,44 @@ class Writer:
         self.result.shards.append(info)
         self._open = set()
 
-    def run(self, groups: list[int], skip: Optional[list[str]] = None) -> Result:
+    def run(self, groups: list[int], skip: Optional[list[str]] = None, parts: Optional[list] = None) -> Result:
         """Decode, encode and write ``groups`` (passing over the keys in ``skip``: already in
-        a recorded shard); the entries committed meanwhile."""
-        from ..errors import SampleError
-        from ..types import Drop
-        from .sink import encode_item
+        a recorded shard); the entries committed meanwhile. ``parts``: a group of one whose
+        long clips the :func:`_part` tasks behind these (boxed) refs decode in part with this writer."""
+        from ..pipeline import Parts
 
         t0 = time.monotonic()
         ds = self.dataset
         if skip:
             ds.skip_keys = frozenset(ds.skip_keys) | frozenset(skip)
-        for g in groups:
-            kept = self.sink.kept
-            for _, item in ds._run_group(ds.pipeline, int(g), ds.index.members(int(g))):
-                if isinstance(item, SampleError):
-                    item = Drop(item.key or "", item.source or "", item.reason, item.path, item.message)
-                out = encode_item(self.encode, item, strict=self.spec.strict)
-                if self.sink.put(out) and out.files:
-                    self.result.frame_bytes += sum(len(data) for _, data in out.files)
-            if self.sink.kept > kept:
-                self._open.add(int(g))
-            self.result.groups.append(int(g))
-        self.result.busy_s += time.monotonic() - t0
+        waited: list[float] = []  # seconds spent waiting for the parts (its CPU lent to Ray meanwhile)
+        if parts:
+            ds.pipeline.parts = Parts(len(parts) + 1, _fetch_once(parts, waited))
+        try:
+            for g in groups:
+                self._group(ds, int(g))
+        finally:
+            if ds.pipeline.parts is not None:
+                self.result.joined += ds.pipeline.parts.joined
+            ds.pipeline.parts = None
+        self.result.busy_s += time.monotonic() - t0 - sum(waited)
         return self._take()
+
+    def _group(self, ds, g: int) -> None:
+        from ..errors import SampleError
+        from ..types import Drop
+        from .sink import encode_item
+
+        kept = self.sink.kept
+        for _, item in ds._run_group(ds.pipeline, g, ds.index.members(g)):
+            if isinstance(item, SampleError):
+                item = Drop(item.key or "", item.source or "", item.reason, item.path, item.message)
+            out = encode_item(self.encode, item, strict=self.spec.strict)
+            if self.sink.put(out) and out.files:
+                self.result.frame_bytes += sum(len(data) for _, data in out.files)
+        if self.sink.kept > kept:
+            self._open.add(g)
+        self.result.groups.append(g)
 
     def close(self) -> Result:
         """Commit the open shard; the last entries."""
@@ -207,16 +226,66 @@ def _dataset(boxed: list) -> Any:
     return _LOADED[key]
 
 
-def _task(boxed: list, spec: WriterSpec, writer: int, groups: list[int]) -> Result:
-    """A task: a fresh writer for ``groups``, its shards committed at the end."""
+def _fetch_once(refs: list, waited: list[float]):
+    """What the part tasks behind ``refs`` decoded, fetched on the first call (after this
+    writer decoded its own part; the seconds it waited added to ``waited``); a part whose
+    task failed for good comes back empty, and the writer decodes that clip whole."""
+    got: list = []
+
+    def fetch() -> list[dict]:
+        import ray
+
+        if not got:
+            t0 = time.monotonic()
+            for ref in refs:
+                try:
+                    got.append(ray.get(ref))
+                except Exception as exc:  # its worker or node died more often than retried
+                    log.warning("a part decode failed (%s): its clip is decoded whole by the writer", exc)
+                    got.append({})
+            waited.append(time.monotonic() - t0)
+        return got
+
+    return fetch
+
+
+def _part(boxed: list, g: int, part: int, parts: int) -> tuple[dict, Result]:
+    """A task: part ``part`` of ``parts`` of group ``g``'s long clips (frames, through
+    Ray's object store to the writer task that joins them; never to the driver), and a
+    Result for the driver that says only who did it and for how long."""
+    import ray
+
+    from ..media.backends import grant_cores
+
+    t0 = time.monotonic()
+    grant_cores(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
+    ds = _dataset(boxed)
+    found = ds.decode_part(ds.pipeline, g, part, parts)
+    where = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
+    return found, Result(worker=where, busy_s=time.monotonic() - t0)
+
+
+def parts_for(cost: float, total: float, cpus: int, max_parts: int) -> int:
+    """Parts to decode a group in: one per ``1 / (GUIDED x cpus)`` of the run's cost it
+    holds, at most ``max_parts`` and the CPUs (a 30-minute video among short ones: the
+    run would otherwise wait for the one worker decoding it)."""
+    if total <= 0:
+        return 1
+    return max(1, min(cpus, max_parts, int(cost * GUIDED * cpus // total)))
+
+
+def _task(boxed: list, spec: WriterSpec, writer: int, groups: list[int], parts: Optional[list] = None) -> Result:
+    """A task: a fresh writer for ``groups``, its shards committed at the end (``parts``:
+    see :meth:`Writer.run`)."""
     w = Writer(_dataset(boxed), spec, writer)
-    first = w.run(groups)
+    first = w.run(groups, parts=parts)
     last = w.close()
     first.shards += last.shards
     first.drops += last.drops
     first.kept += last.kept
     first.frame_bytes += last.frame_bytes
     first.busy_s += last.busy_s
+    first.joined += last.joined
     first.open = []
     return first
 
@@ -267,14 +336,21 @@ def run_writers(dataset: Any, spec: WriterSpec, session: "RaySession", *, first_
                                recorded if recorded is not None else set())
         return
     sizes = np.diff(dataset.index.group_start)[order]
-    batches = collections.deque(plan_batches(order, dataset.index.group_cost[order], sizes, cpus,
-                                             spec.output.maxcount))
+    costs = dataset.index.group_cost
+    total = float(costs[order].sum())
+    batches = collections.deque(plan_batches(order, costs[order], sizes, cpus, spec.output.maxcount))
     task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)(_task)
-    running: dict = {}
+    part_task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False, num_returns=2)(_part)
+    running: dict = {}  # writer tasks, and part tasks' small results (their frames go to the writer)
     while batches or running:
-        while batches and len(running) < cpus:  # one batch per CPU at a time: the order holds
-            running[task.remote([ref], spec, next(counter), batches.popleft())] = True
-        done, _ = ray.wait(list(running), num_returns=1)
+        while batches and len(running) < cpus:  # one task per CPU at a time: the order holds
+            batch = batches.popleft()
+            n = parts_for(float(costs[batch[0]]), total, cpus, session.max_parts) if len(batch) == 1 else 1
+            # the other parts first: the writer blocks on them (lending Ray its CPU) once its own is done
+            helpers = [part_task.remote([ref], batch[0], k, n) for k in range(1, n)]
+            running.update((who, True) for _, who in helpers)
+            running[task.remote([ref], spec, next(counter), batch, [f for f, _ in helpers] or None)] = True
+        done, _ = ray.wait(list(running), num_returns=1, fetch_local=False)
         del running[done[0]]
         yield _received(_get(done[0]))
 
@@ -432,9 +508,13 @@ class RaySession:
     with ``actors``, the writer actors start at once and import it themselves.
     Raises a ConfigError naming the install line at once when Ray is not installed."""
 
-    def __init__(self, address: Optional[str] = None, workers: Optional[int] = None, actors: bool = False):
+    def __init__(self, address: Optional[str] = None, workers: Optional[int] = None, actors: bool = False,
+                 max_parts: Optional[int] = None):
         require_ray()
         self.address, self.workers, self.use_actors = address, workers, actors
+        #: tasks: a video holding a large share of the run is decoded in up to this many parts
+        #: at once (:func:`parts_for`; None: the CPUs, 1: never split)
+        self.max_parts = max_parts if max_parts is not None else 1 << 30
         self.info: Optional[dict] = None
         self._error: Optional[BaseException] = None
         self._warm: list = []  # the warm-up tasks' results (held, not awaited)
