@@ -278,6 +278,27 @@ def test_rotated_video_comes_out_upright(tmp_path):
         assert [read_counter(f) for f in clip.frames] == [12]
 
 
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_the_probe_reads_the_rotation_from_the_first_packet_alone(tmp_path, container):
+    """The display matrix rides on decoded frames: the probe drains the first packet's frame
+    out of the decoder instead of feeding it the reorder delay's packets (B-frames: the
+    first frame comes out by itself only after 2 more are decoded)."""
+    import av
+
+    from mmstream.media.probe import _rotation
+
+    path = encode_counter_video(tmp_path / f"rot.{container}", num_frames=10, size=(64, 48), rotate=90, bframes=2)
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        first = next(p for p in c.demux(stream) if p.size)
+        assert not stream.codec_context.decode(first)  # held back for reordering
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        first = next(p for p in c.demux(stream) if p.size)
+        assert _rotation(stream.codec_context, first) == probe_video(path).rotation != 0
+        assert probe_video(path).rotation == probe_video(path, from_index=False).rotation
+
+
 def test_image_passes_through_and_rgba_is_flattened(tmp_path):
     from PIL import Image
 

@@ -90,6 +90,18 @@ def _hevc_temporal_id(data: memoryview, length_size: int) -> int:
     return max((data[head + 1] & 7) - 1, 0)
 
 
+def _rotation(cc, packet) -> Optional[int]:
+    """The display-matrix angle (:attr:`VideoInfo.rotation`) of the frame ``packet``
+    decodes to, drained out of the decoder at once: waiting for it to come out by itself
+    decodes the frames of the reorder delay too (2 more with B-frames, about 5 ms at
+    720p). None when the packet gives no frame (the decoder then takes packets again)."""
+    frames = cc.decode(packet) or cc.decode(None)
+    if not frames:
+        cc.flush_buffers()  # drained: it accepts packets again after a flush
+        return None
+    return int(frames[0].rotation or 0) % 360
+
+
 def probe_video(path: str, from_index: Optional[bool] = None, max_pixels: Optional[int] = None) -> VideoInfo:
     """The video's frame timestamps, key frames, size and rotation; see :func:`_probe`.
 
@@ -161,12 +173,12 @@ def _probe_index(path: str, bound: FFmpegBound) -> Optional[VideoInfo]:
                     return None
                 cc = stream.codec_context
                 cc.thread_count = 1
-                rotation = 0
+                rotation = None
                 for packet in container.demux(stream):  # the first frame only, for the display matrix
-                    frames = packet.decode()
-                    if frames:
-                        rotation = int(frames[0].rotation or 0) % 360
+                    rotation = _rotation(cc, packet)
+                    if rotation is not None:
                         break
+                rotation = rotation or 0
                 pts = [e.timestamp + off for e, off in zip(entries, offsets[stream.index])]
                 keys = sorted(p for p, e in zip(pts, entries) if e.is_keyframe)
                 pts.sort()
@@ -220,9 +232,7 @@ def _probe(path: str, bound: FFmpegBound) -> VideoInfo:
                 if hevc:
                     max_tid = max(max_tid, _hevc_temporal_id(memoryview(packet), length_size))
                 if rotation is None:  # the display matrix rides on decoded frames
-                    for frame in packet.decode():
-                        rotation = int(frame.rotation or 0) % 360
-                        break
+                    rotation = _rotation(stream.codec_context, packet)
                 if packet.is_keyframe:
                     keys.append(packet.pts)
                 if packet.duration:
