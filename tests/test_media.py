@@ -182,6 +182,43 @@ def test_seek_plan_returns_exactly_the_frames_of_the_sequential_plan(seek_clips,
                 assert np.array_equal(got[t], ref[t]), f"{name}: frame {t} differs from the sequential read"
 
 
+def test_an_indexed_mp4_is_decoded_without_the_stream_analysis_and_gives_the_same_frames(
+        clips, seek_clips, tmp_path, monkeypatch):
+    """A video probed from its MP4 index is opened for decoding without FFmpeg's stream
+    analysis (the MP4 demuxer states the reorder delay; the analysis decoded up to 7 frames,
+    ~10 ms a 720p H.264 clip); other containers keep it. Every frame is the one a decode
+    after the analysis gives (B-frames, open GOPs, temporal sub-layers, an offset start)."""
+    import dataclasses
+
+    import av
+
+    from mmstream.media.backends.pyav import PyAVBackend
+    from mmstream.media.probe import FAST_OPEN
+
+    opened = []
+    real_open = av.open
+
+    def spy(*args, **kwargs):
+        opened.append(kwargs.get("stream_options"))
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(av, "open", spy)
+    mkv = encode_counter_video(tmp_path / "bframes.mkv", num_frames=120, size=(96, 64), bframes=3, gop=50)
+    for path in [mkv] + list(clips.values()) + list(seek_clips.values()):
+        info = probe_video(path)
+        # the offset start's edit list is the index reader's to refuse: demuxed, and analysed
+        assert info.from_index == (str(path).endswith(".mp4") and "offset" not in str(path)), path
+        analysed = dataclasses.replace(info, from_index=False)
+        size = (info.width, info.height)
+        for targets in target_sets(info.num_frames)[:3]:  # every frame, every 2nd, 1 fps
+            opened.clear()
+            got = PyAVBackend().read(path, info, targets, size)
+            assert opened == [FAST_OPEN["stream_options"] if info.from_index else None], path
+            ref = PyAVBackend().read(path, analysed, targets, size)
+            assert [read_counter(got[t]) for t in targets] == targets, path
+            assert all(np.array_equal(got[t], ref[t]) for t in targets), path
+
+
 def test_seek_plan_never_seeks_backwards(seek_clips):
     from mmstream.media.backends.pyav import key_before
 
