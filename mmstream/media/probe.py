@@ -132,14 +132,19 @@ def probe_video(path: str, from_index: Optional[bool] = None, max_pixels: Option
     return info
 
 
-def _open(source, bound: FFmpegBound, path: str, fast: bool = False):
-    """``av.open`` with FFmpeg's picture bound, then the declared size checked before any
-    frame is decoded; ``fast``: without FFmpeg's stream analysis (:data:`FAST_OPEN`)."""
+def open_container(source, options: dict, fast: bool):
+    """``av.open`` with format ``options``; ``fast``: without FFmpeg's stream analysis
+    (:data:`FAST_OPEN`)."""
     if fast:
-        container = av.open(source, metadata_errors="ignore", options={**FAST_OPEN["options"], **bound.options},
-                            stream_options=FAST_OPEN["stream_options"])
-    else:
-        container = av.open(source, metadata_errors="ignore", options=bound.options)
+        return av.open(source, metadata_errors="ignore", options={**FAST_OPEN["options"], **options},
+                       stream_options=FAST_OPEN["stream_options"])
+    return av.open(source, metadata_errors="ignore", options=options)
+
+
+def _open(source, bound: FFmpegBound, path: str, fast: bool = False):
+    """:func:`open_container` with FFmpeg's picture bound, then the declared size checked
+    before any frame is decoded."""
+    container = open_container(source, bound.options, fast)
     try:
         for stream in container.streams.video[:1]:
             cc = stream.codec_context

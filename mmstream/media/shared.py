@@ -94,4 +94,3 @@ def frames_buffer(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
     # allocator reuses a freed clip's pages (an mmap.mmap(-1, n) of our own is shmem, where
     # huge pages are off: 9 ms to write a 24-frame 272p clip, 0.5 ms here; 720p 43 ms vs 7)
     return np.empty(shape, dtype)
-
