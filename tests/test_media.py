@@ -1,4 +1,5 @@
 """Frame selection: the REFERENCE rules as numbers, then real decoders against ffmpeg's fps filter."""
+import os
 from fractions import Fraction
 
 import numpy as np
@@ -181,6 +182,43 @@ def test_seek_plan_returns_exactly_the_frames_of_the_sequential_plan(seek_clips,
                 assert np.array_equal(got[t], ref[t]), f"{name}: frame {t} differs from the sequential read"
 
 
+def test_an_indexed_mp4_is_decoded_without_the_stream_analysis_and_gives_the_same_frames(
+        clips, seek_clips, tmp_path, monkeypatch):
+    """A video probed from its MP4 index is opened for decoding without FFmpeg's stream
+    analysis (the MP4 demuxer states the reorder delay; the analysis decoded up to 7 frames,
+    ~10 ms a 720p H.264 clip); other containers keep it. Every frame is the one a decode
+    after the analysis gives (B-frames, open GOPs, temporal sub-layers, an offset start)."""
+    import dataclasses
+
+    import av
+
+    from mmstream.media.backends.pyav import PyAVBackend
+    from mmstream.media.probe import FAST_OPEN
+
+    opened = []
+    real_open = av.open
+
+    def spy(*args, **kwargs):
+        opened.append(kwargs.get("stream_options"))
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(av, "open", spy)
+    mkv = encode_counter_video(tmp_path / "bframes.mkv", num_frames=120, size=(96, 64), bframes=3, gop=50)
+    for path in [mkv] + list(clips.values()) + list(seek_clips.values()):
+        info = probe_video(path)
+        # the offset start's edit list is the index reader's to refuse: demuxed, and analysed
+        assert info.from_index == (str(path).endswith(".mp4") and "offset" not in str(path)), path
+        analysed = dataclasses.replace(info, from_index=False)
+        size = (info.width, info.height)
+        for targets in target_sets(info.num_frames)[:3]:  # every frame, every 2nd, 1 fps
+            opened.clear()
+            got = PyAVBackend().read(path, info, targets, size)
+            assert opened == [FAST_OPEN["stream_options"] if info.from_index else None], path
+            ref = PyAVBackend().read(path, analysed, targets, size)
+            assert [read_counter(got[t]) for t in targets] == targets, path
+            assert all(np.array_equal(got[t], ref[t]) for t in targets), path
+
+
 def test_seek_plan_never_seeks_backwards(seek_clips):
     from mmstream.media.backends.pyav import key_before
 
@@ -277,6 +315,27 @@ def test_rotated_video_comes_out_upright(tmp_path):
         assert [read_counter(f) for f in clip.frames] == [12]
 
 
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_the_probe_reads_the_rotation_from_the_first_packet_alone(tmp_path, container):
+    """The display matrix rides on decoded frames: the probe drains the first packet's frame
+    out of the decoder instead of feeding it the reorder delay's packets (B-frames: the
+    first frame comes out by itself only after 2 more are decoded)."""
+    import av
+
+    from mmstream.media.probe import _rotation
+
+    path = encode_counter_video(tmp_path / f"rot.{container}", num_frames=10, size=(64, 48), rotate=90, bframes=2)
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        first = next(p for p in c.demux(stream) if p.size)
+        assert not stream.codec_context.decode(first)  # held back for reordering
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        first = next(p for p in c.demux(stream) if p.size)
+        assert _rotation(stream.codec_context, first) == probe_video(path).rotation != 0
+        assert probe_video(path).rotation == probe_video(path, from_index=False).rotation
+
+
 def test_image_passes_through_and_rgba_is_flattened(tmp_path):
     from PIL import Image
 
@@ -343,25 +402,33 @@ def test_decoder_threads_follow_the_cores_an_engine_granted():
     assert resolve_threads(0) == available_cores()
 
 
-def test_a_large_clip_outside_a_worker_asks_for_huge_pages_and_behaves_as_an_array():
-    """Outside a DataLoader worker a clip of 4 MB or more is its own anonymous mapping with
-    MADV_HUGEPAGE (fewer page faults while it is written frame by frame); it is an
-    ordinary writable array: it pickles, and a view keeps the mapping alive."""
-    import mmap
+def _mapping_of(array: np.ndarray) -> str:
+    """The /proc/self/maps line of the mapping that holds ``array``'s first byte."""
+    address = array.__array_interface__["data"][0]
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= address < hi:
+                return line
+    raise AssertionError("no mapping holds the array")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_a_large_clip_outside_a_worker_is_private_memory_and_behaves_as_an_array():
+    """Outside a DataLoader worker a clip is private anonymous memory, the kind the kernel
+    backs with huge pages (numpy asks for them from 4 MB on), not a shared (shmem) mapping,
+    where huge pages are off and writing a 720p clip costs several times more; it is an
+    ordinary writable array: it pickles, and a view keeps its memory alive."""
     import pickle
 
-    from mmstream.media.shared import HUGE_MIN_BYTES, frames_buffer
-
-    def owner(a):
-        while isinstance(a, np.ndarray) and a.base is not None:
-            a = a.base
-        return a.obj if isinstance(a, memoryview) else a
+    from mmstream.media.shared import frames_buffer
 
     small = frames_buffer((2, 8, 8, 3))
-    assert not isinstance(owner(small), mmap.mmap)
     big = frames_buffer((4, 720, 1280, 3))
-    assert big.nbytes >= HUGE_MIN_BYTES and big.shape == (4, 720, 1280, 3) and big.dtype == np.uint8
-    assert isinstance(owner(big), mmap.mmap) == hasattr(mmap, "MADV_HUGEPAGE")
+    for clip in (small, big):
+        perms = _mapping_of(clip).split()[1]
+        assert perms.endswith("p"), _mapping_of(clip)  # "rw-s" is a shared mapping
+    assert big.shape == (4, 720, 1280, 3) and big.dtype == np.uint8
     assert big.flags.writeable and big.flags.c_contiguous
     big[...] = 3
     big[1, 2, 3] = (1, 2, 250)

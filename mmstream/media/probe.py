@@ -25,6 +25,7 @@ class VideoInfo:
     codec: str
     temporal_layers: int = 1  # HEVC temporal sub-layers seen in the NAL headers (1 for other codecs)
     average_rate: Optional[float] = None  # the stream's average frame rate (what decord's get_avg_fps reports)
+    from_index: bool = False  # read from the MP4 index (its demuxer states the reorder delay: see FAST_OPEN)
 
     @property
     def num_frames(self) -> int:
@@ -60,7 +61,10 @@ INDEX_EXTS = (".mp4", ".m4v", ".mov")
 #: Options for the probe's open: FFmpeg's stream analysis (``avformat_find_stream_info``)
 #: decodes frames of H.264 (1 to 7, to guess the reorder delay) that the probe never uses;
 #: the MP4 header already holds what it reads (size, time base, rates, the index). The
-#: decode opens the file without them, so its decoder gets the guessed delay.
+#: decode of a video probed from its MP4 index opens with them too (``VideoInfo.from_index``):
+#: the MP4 demuxer states the reorder delay itself (H.264: from the composition offsets;
+#: else the parameter sets give it), and the analysis cost ~10 ms a 720p H.264 clip. Other
+#: containers' decodes keep the analysis, where it is what finds the delay.
 FAST_OPEN = {"options": {"probesize": "32"}, "stream_options": [{"skip_frame": "all"}]}
 
 
@@ -90,6 +94,18 @@ def _hevc_temporal_id(data: memoryview, length_size: int) -> int:
     return max((data[head + 1] & 7) - 1, 0)
 
 
+def _rotation(cc, packet) -> Optional[int]:
+    """The display-matrix angle (:attr:`VideoInfo.rotation`) of the frame ``packet``
+    decodes to, drained out of the decoder at once: waiting for it to come out by itself
+    decodes the frames of the reorder delay too (2 more with B-frames, about 5 ms at
+    720p). None when the packet gives no frame (the decoder then takes packets again)."""
+    frames = cc.decode(packet) or cc.decode(None)
+    if not frames:
+        cc.flush_buffers()  # drained: it accepts packets again after a flush
+        return None
+    return int(frames[0].rotation or 0) % 360
+
+
 def probe_video(path: str, from_index: Optional[bool] = None, max_pixels: Optional[int] = None) -> VideoInfo:
     """The video's frame timestamps, key frames, size and rotation; see :func:`_probe`.
 
@@ -116,14 +132,19 @@ def probe_video(path: str, from_index: Optional[bool] = None, max_pixels: Option
     return info
 
 
-def _open(source, bound: FFmpegBound, path: str, fast: bool = False):
-    """``av.open`` with FFmpeg's picture bound, then the declared size checked before any
-    frame is decoded; ``fast``: without FFmpeg's stream analysis (:data:`FAST_OPEN`)."""
+def open_container(source, options: dict, fast: bool):
+    """``av.open`` with format ``options``; ``fast``: without FFmpeg's stream analysis
+    (:data:`FAST_OPEN`)."""
     if fast:
-        container = av.open(source, metadata_errors="ignore", options={**FAST_OPEN["options"], **bound.options},
-                            stream_options=FAST_OPEN["stream_options"])
-    else:
-        container = av.open(source, metadata_errors="ignore", options=bound.options)
+        return av.open(source, metadata_errors="ignore", options={**FAST_OPEN["options"], **options},
+                       stream_options=FAST_OPEN["stream_options"])
+    return av.open(source, metadata_errors="ignore", options=options)
+
+
+def _open(source, bound: FFmpegBound, path: str, fast: bool = False):
+    """:func:`open_container` with FFmpeg's picture bound, then the declared size checked
+    before any frame is decoded."""
+    container = open_container(source, bound.options, fast)
     try:
         for stream in container.streams.video[:1]:
             cc = stream.codec_context
@@ -161,12 +182,12 @@ def _probe_index(path: str, bound: FFmpegBound) -> Optional[VideoInfo]:
                     return None
                 cc = stream.codec_context
                 cc.thread_count = 1
-                rotation = 0
+                rotation = None
                 for packet in container.demux(stream):  # the first frame only, for the display matrix
-                    frames = packet.decode()
-                    if frames:
-                        rotation = int(frames[0].rotation or 0) % 360
+                    rotation = _rotation(cc, packet)
+                    if rotation is not None:
                         break
+                rotation = rotation or 0
                 pts = [e.timestamp + off for e, off in zip(entries, offsets[stream.index])]
                 keys = sorted(p for p, e in zip(pts, entries) if e.is_keyframe)
                 pts.sort()
@@ -186,7 +207,7 @@ def _probe_index(path: str, bound: FFmpegBound) -> Optional[VideoInfo]:
     # HEVC temporal sub-layers: the count the hvcC record declares (unknown: assume some)
     return VideoInfo(pts=pts, keyframes=keys or [pts[0]], time_base=time_base, width=width, height=height,
                      rotation=rotation, last_duration=last, codec=codec,
-                     temporal_layers=layers, average_rate=float(rate) if rate else None)
+                     temporal_layers=layers, average_rate=float(rate) if rate else None, from_index=True)
 
 
 def _probe(path: str, bound: FFmpegBound) -> VideoInfo:
@@ -220,9 +241,7 @@ def _probe(path: str, bound: FFmpegBound) -> VideoInfo:
                 if hevc:
                     max_tid = max(max_tid, _hevc_temporal_id(memoryview(packet), length_size))
                 if rotation is None:  # the display matrix rides on decoded frames
-                    for frame in packet.decode():
-                        rotation = int(frame.rotation or 0) % 360
-                        break
+                    rotation = _rotation(stream.codec_context, packet)
                 if packet.is_keyframe:
                     keys.append(packet.pts)
                 if packet.duration:

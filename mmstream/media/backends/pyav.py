@@ -38,7 +38,7 @@ from av.video.reformatter import VideoReformatter
 
 from ... import timing
 from ...errors import DECODE_ERROR, SampleError
-from ..probe import VideoInfo, apply_rotation
+from ..probe import VideoInfo, apply_rotation, open_container
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,7 @@ class PyAVBackend(Backend):
         out: set[int] = set()
         bound = {"max_pixels": str(picture_bound(info))}
         try:
-            with storage.open_media(path) as source, \
-                    av.open(source, metadata_errors="ignore", options=bound) as container:
+            with storage.open_media(path) as source, open_container(source, bound, info.from_index) as container:
                 stream = container.streams.video[0]
                 stream.codec_context.options = dict(bound)
                 count, kind = decoder_threads(threads)
