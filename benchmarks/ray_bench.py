@@ -15,7 +15,9 @@ caching on this machine.
   ``SKEW_MAX_PIXELS`` so that its 1800 frames fit in memory), Ray (tasks, actors) against
   the static split of 2 ranks (``--rank 0/1 --world-size 2``, one worker each, run at the
   same time; the wall time is the slower rank's); Ray tasks decode the long video in
-  parts (``skew_ray``; ``skew_ray_whole``: ``--ray-parts 1``, each video whole);
+  parts (``skew_ray``; ``skew_ray_whole``: ``--ray-parts 1``, each video whole;
+  ``skew_ray_cluster``: on a Ray cluster already running on this machine, ``ray start
+  --head --num-cpus 2``, as on a real cluster, where Ray's own start-up is not part of a run);
 
 each in turn, ``--repeat`` times, medians of wall seconds. From each run's manifest:
 the first sample's time, the bytes the driver received from the Ray workers against
@@ -25,14 +27,17 @@ the static split: per rank), as max/mean. Outputs go to a temporary folder under
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -58,15 +63,33 @@ SPARSE = "{fps: 1.0, max_frames: 24, strategy: t2vid}"
 DENSE = "{fps: 1.0, max_frames: null, strategy: none, resize: {max_pixels: %d}, decode_timeout: 600}" % SKEW_MAX_PIXELS
 
 
-def timed(cmds: list[list[str]]) -> float:
+def timed(cmds: list[list[str]], env: Optional[dict] = None) -> float:
     """Wall seconds until every command (started together) has finished."""
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
+    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for c in cmds]
     for p in procs:
         _, err = p.communicate()
         if p.returncode != 0:
             raise SystemExit(f"ray_bench: failed: {' '.join(p.args)}\n{err.decode()[-3000:]}")
     return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def running_cluster(cpus: int = 2):
+    """A Ray head node on this machine (``ray start --head``) for the jobs run meanwhile:
+    what a run on a cluster finds (``--address``/``RAY_ADDRESS``); stopped at the end."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = os.path.join(os.path.dirname(PY), "ray")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")  # a local benchmark cluster: no token to hand around
+    subprocess.run([ray, "start", "--head", "--num-cpus", str(cpus), "--port", str(port), "--node-ip-address",
+                    "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats"],
+                   check=True, capture_output=True, cwd=ROOT, env=env)
+    try:
+        yield dict(env, RAY_ADDRESS=f"127.0.0.1:{port}")
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
 
 
 def cache(cfg: str, out: str, *extra: str) -> list[str]:
@@ -171,6 +194,7 @@ def main(argv=None) -> int:
             "skew_ray": lambda o: [cache(skew_cfg, o, "--engine", "ray", "--workers", "2")],
             "skew_ray_actors": lambda o: [cache(skew_cfg, o, "--engine", "ray", "--workers", "2", "--ray-actors")],
             "skew_ray_whole": lambda o: [cache(skew_cfg, o, "--engine", "ray", "--workers", "2", "--ray-parts", "1")],
+            "skew_ray_cluster": lambda o: [cache(skew_cfg, o, "--engine", "ray", "--workers", "2")],  # RAY_ADDRESS
         }
         if args.only:
             jobs = {k: v for k, v in jobs.items() if k in args.only.split(",")}
@@ -179,7 +203,11 @@ def main(argv=None) -> int:
         for i in range(args.repeat):
             for name, make in jobs.items():  # interleaved: each round runs every job once
                 out = os.path.join(work, f"{name}-{i}")
-                runs[name].append(round(timed(make(out)), 2))
+                if name.endswith("_cluster"):
+                    with running_cluster() as env:
+                        runs[name].append(round(timed(make(out), env), 2))
+                else:
+                    runs[name].append(round(timed(make(out)), 2))
                 stats[name].append(run_stats(out))
                 print(f"{name}: {runs[name][-1]} s {stats[name][-1]}", file=sys.stderr)
                 shutil.rmtree(out, ignore_errors=True)
@@ -201,7 +229,8 @@ def main(argv=None) -> int:
            "command": "python benchmarks/ray_bench.py build/bench --repeat 3 --json"}
     ratios = {"big_ratio": ("big_local", "big_ray"), "big_ratio_actors": ("big_local", "big_ray_actors"),
               "skew_speedup": ("skew_ranks", "skew_ray"), "skew_speedup_actors": ("skew_ranks", "skew_ray_actors"),
-              "skew_speedup_whole": ("skew_ranks", "skew_ray_whole")}
+              "skew_speedup_whole": ("skew_ranks", "skew_ray_whole"),
+              "skew_speedup_cluster": ("skew_ranks", "skew_ray_cluster")}
     for name, (a, b) in ratios.items():  # Ray throughput / local throughput = local time / Ray time
         if a in med and b in med:
             out[name] = round(med[a] / med[b], 3)

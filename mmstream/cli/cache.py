@@ -79,20 +79,21 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    if args.engine == "ray":  # Ray starts in the background while torch and the index load
-        from ..sinks.ray_engine import RaySession
-
-        with RaySession(args.address, args.workers or None, actors=args.ray_actors,
-                        max_parts=args.ray_parts) as session:
-            return _run(args, session)
-    return _run(args, None)
-
-
-def _run(args, session) -> int:
     from ..config import load_config
-    from ..sinks.cache import run_cache
 
     config = load_config(args.config)
+    if args.engine == "ray":  # Ray starts in the background while torch and the index load
+        from ..sinks.ray_engine import RaySession, warm_modules
+
+        with RaySession(args.address, args.workers or None, actors=args.ray_actors,
+                        max_parts=args.ray_parts, modules=warm_modules(config)) as session:
+            return _run(args, config, session)
+    return _run(args, config, None)
+
+
+def _run(args, config, session) -> int:
+    from ..sinks.cache import run_cache
+
     changes = {k: v for k, v in (("format", args.format), ("layout", args.layout), ("maxcount", args.maxcount))
                if v is not None}
     if changes:

@@ -63,6 +63,9 @@ SMALLEST = 16
 #: Runs of a task whose worker process or node died (Ray's retries).
 MAX_RETRIES = 4
 RAY_MISSING = "--engine ray needs Ray: pip install 'mmstream[ray]'"
+#: What a Ray worker imports before its first group can run (the dataset's modules: torch);
+#: a warm-up task per CPU imports them while the driver still builds the index.
+WARM_MODULES = ("mmstream.dataset", "mmstream.sinks.formats", "mmstream.sinks.ray_engine")
 
 
 def require_ray() -> None:
@@ -121,8 +124,9 @@ class Writer:
     ``Writer()`` only imports what a writer needs (an actor started while the driver still
     builds the index); :meth:`open` then gives it its dataset and writer id."""
 
-    def __init__(self, dataset: Any = None, spec: Optional[WriterSpec] = None, writer: int = -1):
-        _warm_worker()
+    def __init__(self, dataset: Any = None, spec: Optional[WriterSpec] = None, writer: int = -1,
+                 modules: tuple[str, ...] = WARM_MODULES):
+        _warm_worker(modules)
         if spec is not None:
             self.open(dataset, spec, writer)
 
@@ -480,15 +484,17 @@ def start(address: Optional[str] = None, workers: Optional[int] = None) -> dict:
     return info
 
 
-#: What a Ray worker imports before its first group can run (the dataset's modules: torch,
-#: transformers); a warm-up task per CPU imports them while the driver still builds the index.
-WARM_MODULES = ("transformers", "mmstream.dataset", "mmstream.sinks.formats", "mmstream.sinks.ray_engine")
+def warm_modules(config: Any = None) -> tuple[str, ...]:
+    """What the writers of ``config`` import: :data:`WARM_MODULES`, and transformers where
+    the model has a tokenizer (~0.7 s of import a worker, on CPUs the first groups wait for)."""
+    needs = config is None or getattr(config.model, "tokenizer", None) is not None
+    return (("transformers",) if needs else ()) + WARM_MODULES
 
 
-def _warm_worker() -> int:
+def _warm_worker(modules: tuple[str, ...] = WARM_MODULES) -> int:
     import importlib
 
-    for name in WARM_MODULES:
+    for name in modules:
         importlib.import_module(name)
     return os.getpid()
 
@@ -509,9 +515,10 @@ class RaySession:
     Raises a ConfigError naming the install line at once when Ray is not installed."""
 
     def __init__(self, address: Optional[str] = None, workers: Optional[int] = None, actors: bool = False,
-                 max_parts: Optional[int] = None):
+                 max_parts: Optional[int] = None, modules: Optional[tuple[str, ...]] = None):
         require_ray()
         self.address, self.workers, self.use_actors = address, workers, actors
+        self.modules = modules if modules is not None else warm_modules()  # what the workers import first
         #: tasks: a video holding a large share of the run is decoded in up to this many parts
         #: at once (:func:`parts_for`; None: the CPUs, 1: never split)
         self.max_parts = max_parts if max_parts is not None else 1 << 30
@@ -531,10 +538,10 @@ class RaySession:
 
             if self.use_actors:  # the writers themselves, importing what they need meanwhile
                 cls = _actor_class()
-                self._warm = [cls.remote() for _ in range(self.cpus())]
+                self._warm = [cls.remote(modules=self.modules) for _ in range(self.cpus())]
             else:
                 warm = ray.remote(num_cpus=1, max_retries=0)(_warm_worker)
-                self._warm = [warm.remote() for _ in range(self.cpus())]
+                self._warm = [warm.remote(self.modules) for _ in range(self.cpus())]
         except BaseException as exc:  # raised where the run waits for Ray
             self._error = exc
         finally:
