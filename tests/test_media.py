@@ -414,21 +414,25 @@ def _mapping_of(array: np.ndarray) -> str:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
-def test_a_large_clip_outside_a_worker_is_private_memory_and_behaves_as_an_array():
-    """Outside a DataLoader worker a clip is private anonymous memory, the kind the kernel
-    backs with huge pages (numpy asks for them from 4 MB on), not a shared (shmem) mapping,
-    where huge pages are off and writing a 720p clip costs several times more; it is an
-    ordinary writable array: it pickles, and a view keeps its memory alive."""
+def test_a_clip_outside_a_worker_is_reusable_private_memory_up_to_32_mb_and_behaves_as_an_array():
+    """Outside a DataLoader worker a clip below glibc's largest mmap threshold (32 MB) is
+    private memory (``np.empty``: a freed clip's pages are reused; a shared mapping would be
+    shmem, several times slower to write); a larger one, fresh memory every time anyway, is
+    a shared mapping of 4 KB pages (measured faster there than fresh huge pages, 720p rows of
+    the decode limit). Either is an ordinary writable array: it pickles, and a view keeps
+    its memory alive."""
     import pickle
 
-    from mmstream.media.shared import frames_buffer
+    from mmstream.media.shared import REUSED_MAX_BYTES, frames_buffer
 
     small = frames_buffer((2, 8, 8, 3))
-    big = frames_buffer((4, 720, 1280, 3))
-    for clip in (small, big):
-        perms = _mapping_of(clip).split()[1]
-        assert perms.endswith("p"), _mapping_of(clip)  # "rw-s" is a shared mapping
-    assert big.shape == (4, 720, 1280, 3) and big.dtype == np.uint8
+    mid = frames_buffer((24, 272, 480, 3))  # T2Vid's 24 frames of a 272p video: 9.4 MB
+    big = frames_buffer((24, 720, 1280, 3))  # of a 720p one: 66 MB
+    assert mid.nbytes < REUSED_MAX_BYTES <= big.nbytes
+    for clip in (small, mid):
+        assert _mapping_of(clip).split()[1].endswith("p"), _mapping_of(clip)  # "rw-s" is a shared mapping
+    assert _mapping_of(big).split()[1].endswith("s"), _mapping_of(big)
+    assert big.shape == (24, 720, 1280, 3) and big.dtype == np.uint8
     assert big.flags.writeable and big.flags.c_contiguous
     big[...] = 3
     big[1, 2, 3] = (1, 2, 250)

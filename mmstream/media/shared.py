@@ -19,6 +19,7 @@ until it is freed; keeping thousands of clips alive at once needs a higher ``uli
 """
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 from math import prod
@@ -90,7 +91,23 @@ def frames_buffer(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
             return np.empty(shape, dtype)
         _register()
         return tensor.numpy()
-    # private anonymous memory: numpy asks for transparent huge pages from 4 MB on, and the
-    # allocator reuses a freed clip's pages (an mmap.mmap(-1, n) of our own is shmem, where
-    # huge pages are off: 9 ms to write a 24-frame 272p clip, 0.5 ms here; 720p 43 ms vs 7)
-    return np.empty(shape, dtype)
+    return _private(shape, dtype)
+
+
+#: glibc's largest mmap threshold: a smaller block that was freed is reused for the next
+#: clip (its pages already there), a larger one is mapped afresh every time.
+REUSED_MAX_BYTES = 32 << 20
+
+
+def _private(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Ordinary memory for a clip. Below :data:`REUSED_MAX_BYTES`, ``np.empty``: the
+    allocator hands back a freed clip's pages (an ``mmap.mmap(-1, n)`` is shmem: 9 ms to
+    write a 24-frame 272p clip there, 0.5 ms here). A larger clip is fresh memory either
+    way; written frame by frame into fresh private pages where numpy asked for huge pages,
+    the decode limit's 720p rows ran at ~1.24x of the limit against ~1.14x into a shared
+    mapping of 4 KB pages (A/B, 3 alternating rounds), so those get the mapping."""
+    nbytes = prod(shape) * np.dtype(dtype).itemsize
+    if nbytes < REUSED_MAX_BYTES:
+        return np.empty(shape, dtype)
+    block = mmap.mmap(-1, nbytes)
+    return np.frombuffer(block, dtype).reshape(shape)  # writable; the map lives as long as the array
