@@ -143,3 +143,31 @@ def test_supervised_frames_equal_in_worker_frames(corpus):
             assert (a[k].clips[0].frames == b[k].clips[0].frames).all()
             assert a[k].clips[0].frames.flags.writeable
             assert list(a[k].clips[0].timestamps) == list(b[k].clips[0].timestamps)
+
+
+def test_the_helper_is_forked_only_after_what_it_imports_is_imported():
+    """A fork copies the import lock of a module another thread is importing at that moment,
+    and the helper's own import of that module then waits forever (the demo's first image
+    timed out about one run in 15: a worker's main thread was loading PIL's JPEG plugin while
+    its prefetching thread forked the helper). The parent imports the helper's modules and
+    PIL's format plugins before forking, so nothing is left to import mid-way."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys
+        from mmstream.media.supervise import HELPER_MODULES, Supervised
+        from PIL import Image
+        assert Image._initialized < 2, "PIL's plugins loaded before the test"
+        s = Supervised()
+        s._helper()
+        try:
+            assert Image._initialized == 2, Image._initialized
+            assert "PIL.JpegImagePlugin" in sys.modules and all(m in sys.modules for m in HELPER_MODULES)
+        finally:
+            s.close()
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

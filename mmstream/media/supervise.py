@@ -100,6 +100,28 @@ def _rss_mb() -> float:
 
 # -- the helper -----------------------------------------------------------------------------
 
+#: What the helper imports on its first requests (the media stage, its decoders, PIL and its
+#: format plugins, pages), imported in the parent before it forks.
+HELPER_MODULES = ("mmstream.media", "mmstream.media.backends.pyav", "mmstream.media.pages", "PIL.Image", "av")
+
+
+def _import_before_fork() -> None:
+    """Import what the helper will, here, before forking it. Another thread of this process
+    (a worker's prefetching thread, or its main thread encoding JPEGs) may be importing one
+    of those modules right now; a fork then copies that module's import lock held by a
+    thread the child does not have, and the helper's own import of it waits forever (its
+    first request times out: the demo's first image, about one run in 15). Importing here
+    waits for such an import to finish instead. PIL's format plugins load on first use:
+    ``Image.init()`` loads them all."""
+    import importlib
+
+    for name in HELPER_MODULES:
+        importlib.import_module(name)
+    from PIL import Image
+
+    Image.init()
+
+
 def _serve(sock: socket.socket) -> None:
     """The helper's loop: one request at a time until the socket closes."""
     from ..lifetime import die_with_parent
@@ -184,6 +206,7 @@ class Supervised:
             self._pid, self._sock, self._owner = None, None, os.getpid()
         if self._sock is None:
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            _import_before_fork()
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
