@@ -131,16 +131,12 @@ class Writer:
             self.open(dataset, spec, writer)
 
     def open(self, dataset: Any, spec: WriterSpec, writer: int) -> None:
-        import ray
-
-        from ..media.backends import grant_cores
         from .formats import SampleEncoder
         from .remote import RemoteOutput
         from .shards import FilesWriter, ShardWriter
         from .sink import SampleSink
 
-        # decode with this worker's CPUs, not the node's (2 tasks x all cores oversubscribed it)
-        grant_cores(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
+        self.where = _take_worker()
         self.dataset = dataset
         self.spec = spec
         self.id = writer
@@ -149,7 +145,6 @@ class Writer:
         os.makedirs(spec.out, exist_ok=True)
         cls = FilesWriter if spec.output.layout == "files" else ShardWriter
         self.writer = cls(spec.out, spec.name_for(writer), maxcount=spec.output.maxcount, on_commit=self._commit)
-        self.where = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
         self.result = Result(writer=writer, worker=self.where)
         self.sink = SampleSink(self.writer, on_drop=self.result.drops.append)
         self._open: set[int] = set()
@@ -257,16 +252,23 @@ def _part(boxed: list, g: int, part: int, parts: int) -> tuple[dict, Result]:
     """A task: part ``part`` of ``parts`` of group ``g``'s long clips (frames, through
     Ray's object store to the writer task that joins them; never to the driver), and a
     Result for the driver that says only who did it and for how long."""
+    t0 = time.monotonic()
+    where = _take_worker()
+    ds = _dataset(boxed)
+    found = ds.decode_part(ds.pipeline, g, part, parts)
+    return found, Result(worker=where, busy_s=time.monotonic() - t0)
+
+
+def _take_worker() -> str:
+    """Decode with this Ray worker's CPUs, not the node's (2 tasks x all cores oversubscribed
+    it); the worker's name in results (node and pid)."""
     import ray
 
     from ..media.backends import grant_cores
 
-    t0 = time.monotonic()
-    grant_cores(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
-    ds = _dataset(boxed)
-    found = ds.decode_part(ds.pipeline, g, part, parts)
-    where = f"{ray.get_runtime_context().get_node_id()[:8]}:{os.getpid()}"
-    return found, Result(worker=where, busy_s=time.monotonic() - t0)
+    context = ray.get_runtime_context()
+    grant_cores(context.get_assigned_resources().get("CPU", 1))
+    return f"{context.get_node_id()[:8]}:{os.getpid()}"
 
 
 def parts_for(cost: float, total: float, cpus: int, max_parts: int) -> int:
