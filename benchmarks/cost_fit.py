@@ -9,7 +9,7 @@ and dense: 1 fps, no cap), one record is planned, decoded and JPEG-encoded in th
 process (no decode helper, one decoder thread), and its CPU seconds measured (the best
 of ``--repeat``: CPU time, so that neighbours on the machine matter less). Then, per
 sampling: each cost estimate's correlation with the measured seconds, and the split of
-all videos over 2 and 4 workers by :func:`mmstream.dataset.split_by_cost` with each
+all videos over 2 and 4 workers by :func:`mmstream.stream.split_by_cost` with each
 estimate, as the slowest worker's measured seconds over the mean (1.0 is a perfect
 split; the lower bound is the longest video over the mean).
 """
@@ -56,7 +56,7 @@ def measure(path: str, sampling: dict, repeat: int) -> float:
 def split_quality(measured, estimate, workers: int) -> float:
     import numpy as np
 
-    from mmstream.dataset import split_by_cost
+    from mmstream.stream import split_by_cost
 
     owner = split_by_cost(np.asarray(estimate, np.float32), workers)
     loads = np.bincount(owner, weights=np.asarray(measured), minlength=workers)

@@ -242,7 +242,7 @@ def test_index_memory_is_arrays_not_records(qa):
 
 
 def test_split_by_cost_balances_and_covers_every_group():
-    from mmstream.dataset import split_by_cost
+    from mmstream.stream import split_by_cost
 
     rng = np.random.default_rng(0)
     costs = np.concatenate([[600.0], rng.uniform(1, 20, 300), [150.0, 140.0]]).astype(np.float32)

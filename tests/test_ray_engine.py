@@ -303,3 +303,46 @@ def test_parts_follow_a_groups_share_of_the_run():
     assert parts_for(1, 100, cpus=8, max_parts=64) == 1  # a group like the others: whole
     assert parts_for(10, 80, cpus=4, max_parts=64) == 1 and parts_for(20, 80, cpus=4, max_parts=64) == 2
     assert parts_for(0, 0, cpus=2, max_parts=64) == 1
+
+
+def test_a_ray_writer_runs_the_stream_without_importing_torch(small, tmp_path):
+    """What a Ray task runs (a Writer over the stream the driver puts in Ray's object store:
+    ``as_stream()``), in a Ray worker of a local instance: every group written, the local
+    engine's keys, and torch never imported there (~1.7 s and a few hundred MB a worker).
+    (A model with a tokenizer still imports it: transformers' AutoTokenizer does.)"""
+    import pickle
+
+    from mmstream.config import load_config
+    from mmstream.dataset import StreamingDataset
+    from mmstream.sinks.cache import shard_prefix
+    from mmstream.sinks.ray_engine import WriterSpec
+
+    path, reference = small
+    ds = StreamingDataset(path)
+    config = load_config(path)
+    spec = WriterSpec(config.output, str(tmp_path / "out"), shard_prefix(config), 0, 1)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps((ds.as_stream(), spec, len(ds.index.group_cost))))
+    code = """
+import json, pickle, sys
+import ray
+from mmstream.sinks.ray_engine import Writer
+
+
+def write(stream, spec, groups):
+    w = Writer(stream, spec, 0)
+    results = [w.run([g]) for g in range(groups)] + [w.close()]
+    return {"torch": "torch" in sys.modules, "type": type(stream).__name__,
+            "keys": sorted(k for r in results for s in r.shards for k in s.keys)}
+
+
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+stream, spec, groups = pickle.load(open(sys.argv[1], "rb"))
+print(json.dumps(ray.get(ray.remote(write).remote(ray.put(stream), spec, groups))))
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.pkl")], capture_output=True, text=True,
+                          env=dict(env(), MMSTREAM_TEST_DECODE_SLEEP="0", RAY_AUTH_MODE="disabled"), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    want = sorted(k for s in json.loads((reference / "manifest.json").read_text())["shards"] for k in s["keys"])
+    assert got["type"] == "Stream" and got["keys"] == want
+    assert got["torch"] is False

@@ -5,7 +5,7 @@ functions; nothing here opens a file).
 
 The unit is CPU seconds on the machine the constants were measured on (PyAV, one decode
 thread, 2-core x86 VM: ``benchmarks/cost_fit.py`` measures them); only ratios matter, because
-costs balance a split (:func:`mmstream.dataset.split_by_cost`) and order the Ray engine's
+costs balance a split (:func:`mmstream.stream.split_by_cost`) and order the Ray engine's
 tasks. A video's cost follows what its decode does:
 
 * **planned frames** ``n``: the sampling rule on the video's duration (``fps`` x seconds,

@@ -35,9 +35,15 @@ SHM_HEADROOM = 4
 _registered = False
 
 
-def _in_dataloader_worker() -> bool:
+def dataloader_worker_info():
+    """torch's ``get_worker_info()`` in a DataLoader worker, else None (without importing
+    torch where it is not loaded: no DataLoader runs there)."""
     data = sys.modules.get("torch.utils.data")  # a DataLoader worker has imported it
-    return data is not None and data.get_worker_info() is not None
+    return data.get_worker_info() if data is not None else None
+
+
+def _in_dataloader_worker() -> bool:
+    return dataloader_worker_info() is not None
 
 
 def _shm_has_room(nbytes: int) -> bool:

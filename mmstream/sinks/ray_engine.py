@@ -63,9 +63,9 @@ SMALLEST = 16
 #: Runs of a task whose worker process or node died (Ray's retries).
 MAX_RETRIES = 4
 RAY_MISSING = "--engine ray needs Ray: pip install 'mmstream[ray]'"
-#: What a Ray worker imports before its first group can run (the dataset's modules: torch);
+#: What a Ray worker imports before its first group can run (the stream's modules, not torch);
 #: a warm-up task per CPU imports them while the driver still builds the index.
-WARM_MODULES = ("mmstream.dataset", "mmstream.sinks.formats", "mmstream.sinks.ray_engine")
+WARM_MODULES = ("mmstream.stream", "mmstream.sinks.formats", "mmstream.sinks.ray_engine")
 
 
 def require_ray() -> None:
@@ -334,7 +334,7 @@ def run_writers(dataset: Any, spec: WriterSpec, session: "RaySession", *, first_
     order = order[np.argsort(-dataset.index.group_cost[order], kind="stable")]
     if not len(order):
         return
-    ref = ray.put(dataset)
+    ref = ray.put(dataset.as_stream())  # the workers never import torch
     cpus = session.cpus()
     counter = iter(range(first_writer, 1 << 62))
     if actors:
@@ -509,9 +509,9 @@ class RaySession:
         run_writers(dataset, spec, session)      # waits for Ray, then runs the writers
         session.close()                          # shuts down a local instance it started
 
-    Starting a local instance takes seconds (its processes; then each worker imports
-    torch and transformers before its first task), which would otherwise add to every
-    run's wall time; here it overlaps with the driver's own start-up, and a warm-up task
+    Starting a local instance takes seconds (its processes; then each worker imports the
+    stream's modules, and transformers where a tokenizer counts, before its first task),
+    which would otherwise add to every run's wall time; here it overlaps with the driver's own start-up, and a warm-up task
     per CPU has the workers import what the writers need (Ray reuses those workers), or,
     with ``actors``, the writer actors start at once and import it themselves.
     Raises a ConfigError naming the install line at once when Ray is not installed."""
