@@ -41,6 +41,15 @@ conversion and mixing all count. Both report wall and CPU seconds (user + system
 process, decoder threads included); with neighbours on the machine the CPU ratio is the
 steadier one. Figures are medians of ``--repeat`` runs with their spread, and the other
 processes' CPU share while the clip ran.
+
+``--instructions`` counts instead of timing (valgrind's callgrind, ~50x slower: name the
+rows): the instructions of one warm run of each side, each the difference between a
+process that runs it after its warm-up and one that stops after the warm-up. On this
+shared machine the CPU seconds of identical runs move by +-10%, so a row at 1.16x may be
+at 1.05x tomorrow; the count does not move. It leaves out the kernel's work (page faults)
+and the time memory accesses wait, which is where the rest of the time ratio goes.
+
+    python benchmarks/decode_limit.py build/bench --instructions --clips real_bbb_720p_32s.mp4 --workloads qa --ks 1
 """
 from __future__ import annotations
 
@@ -241,10 +250,11 @@ def _threads(cc, threads: int) -> None:
 
 
 def decode_exactly(path: str, needed: Sequence[int], packets: Sequence[Packet], threads: int = 1,
-                   keep_frames: Optional[set] = None) -> dict:
+                   keep_frames: Optional[set] = None, decode: bool = True) -> dict:
     """Decode only the ``needed`` packets (decode order) of ``path``; returns wall and CPU
     seconds of the decoding alone, the frames decoded, and (``keep_frames``: pts) those
-    frames as RGB arrays (converted after the clock stops)."""
+    frames as RGB arrays (converted after the clock stops). ``decode=False``: read the
+    packets and stop (the untimed part alone)."""
     want = set(needed)
     with av.open(path, metadata_errors="ignore") as c:
         s = c.streams.video[0]
@@ -256,6 +266,8 @@ def decode_exactly(path: str, needed: Sequence[int], packets: Sequence[Packet], 
             if i in want:
                 held.append((i, pk))
             i += 1
+        if not decode:
+            return {"packets": len(held)}
         cc = s.codec_context
         _threads(cc, threads)
         keep = keep_frames or set()
@@ -391,6 +403,52 @@ def measure_clip(path: str, workloads: Sequence[str], ks: Sequence[int], threads
     return rows
 
 
+# -- instructions (valgrind): the same comparison without the machine's noise ---------------
+def _one(path: str, workload: str, k: int, threads: int, side: str, measured: bool) -> None:
+    """Set up one row (plan, packet index, dataset), run ``side`` once (its warm-up, as in
+    the timed runs), then, where ``measured``, once more; for ``instruction_row``."""
+    targets, _ = plan_targets(path, workload)
+    packets, _ = packet_index(path)
+    needed = needed_packets(packets, targets)
+    with tempfile.TemporaryDirectory(prefix="decode_limit_") as folder:
+        if side == "mmstream":
+            run = MmstreamRun(path, workload, k, threads, folder)
+            run()
+            if measured:
+                run()
+        else:
+            decode_exactly(path, needed, packets, threads)
+            decode_exactly(path, needed, packets, threads, decode=measured)  # else: the demuxing alone
+
+
+def _instructions(args: list[str]) -> int:
+    """Instructions executed (user space, valgrind's callgrind) by this script with ``args``."""
+    import re
+    import subprocess
+
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                           os.path.abspath(__file__), *args], capture_output=True, text=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode or not found:
+        raise RuntimeError(f"valgrind failed ({done.returncode}): {done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def instruction_row(path: str, workload: str, k: int, threads: int) -> dict:
+    """Instructions of one warm mmstream run and of one decode of the limit's packets: each
+    the difference between a process that runs it after its warm-up and one that stops
+    after the warm-up (the limit's second process still reads the packets, so its
+    demuxing is not counted, as in the timed runs). Deterministic where the CPU seconds
+    move by +-10% between runs on a shared machine; what it leaves out is the kernel's
+    work (page faults) and the time a memory access waits."""
+    base = ["--_one", path, workload, str(k), str(threads)]
+    count = {side: _instructions(base + [side, "1"]) - _instructions(base + [side, "0"])
+             for side in ("limit", "mmstream")}
+    return {"clip": os.path.basename(path), "workload": workload if workload != "qa" else f"qa_k{k}",
+            "limit_instructions": count["limit"], "mmstream_instructions": count["mmstream"],
+            "ratio_instructions": round(count["mmstream"] / max(count["limit"], 1), 4)}
+
+
 def limit_clips(data: str) -> list[str]:
     with open(os.path.join(data, "manifest.json")) as f:
         manifest = json.load(f)
@@ -406,6 +464,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="decoder threads, both sides (default 1)")
     p.add_argument("--repeat", type=int, default=3, help="interleaved runs per measurement; medians (default 3)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--instructions", action="store_true",
+                   help="count instructions under valgrind instead of timing (slow: ~50x a run; name the rows "
+                        "with --clips, --workloads and --ks)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--_one"]:  # one side of instruction_row, in its own process
+        path, workload, k, threads, side, measured = argv[1:7]
+        _one(path, workload, int(k), int(threads), side, measured == "1")
+        return 0
     args = p.parse_args(argv)
     import logging
 
@@ -416,6 +482,20 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown workloads {sorted(unknown)}; choose from {sorted(WORKLOADS)}")
     ks = [int(k) for k in args.ks.split(",")]
+    if args.instructions:
+        rows = []
+        for clip in clips:
+            for workload in workloads:
+                for k in (ks if WORKLOADS[workload][3] is None else (1,)):
+                    row = instruction_row(os.path.join(args.data, "videos", clip), workload, k, args.threads)
+                    rows.append(row)
+                    print(f"{row['clip']:32s} {row['workload']:6s} instructions: limit {row['limit_instructions']:,}"
+                          f"  mmstream {row['mmstream_instructions']:,}  = {row['ratio_instructions']:.3f}x",
+                          file=sys.stderr if args.json else sys.stdout, flush=True)
+        if args.json:
+            json.dump({"instruction_rows": rows, "threads": args.threads}, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        return 0
     rows = []
     for clip in clips:
         got = measure_clip(os.path.join(args.data, "videos", clip), workloads, ks, args.threads, args.repeat)
