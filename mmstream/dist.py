@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional
 
 from .config import Config
@@ -9,11 +10,8 @@ from .errors import ConfigError
 
 
 def _torch_distributed() -> tuple[Optional[int], Optional[int]]:
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover
-        return None, None
-    if dist.is_available() and dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # initialised only where it was imported: not imported here
+    if dist is not None and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return None, None
 

@@ -346,3 +346,25 @@ print(json.dumps(ray.get(ray.remote(write).remote(ray.put(stream), spec, groups)
     want = sorted(k for s in json.loads((reference / "manifest.json").read_text())["shards"] for k in s["keys"])
     assert got["type"] == "Stream" and got["keys"] == want
     assert got["torch"] is False
+
+
+def test_a_ray_cache_run_never_imports_torch_in_the_driver(small, tmp_path):
+    """The Ray engine's driver plans, ships the stream and merges manifests; it runs no
+    DataLoader, so a whole ``run_cache(engine="ray")`` leaves torch unimported there (its
+    ~1.7 s of import would take the cores Ray's processes start on), and the cache is the
+    local engine's."""
+    path, reference = small
+    code = """
+import json, sys
+from mmstream.sinks import run_cache
+summary = run_cache(sys.argv[1], sys.argv[2], engine="ray", workers=2, progress=False)
+print(json.dumps({"torch": "torch" in sys.modules, "kept": summary["kept"]}))
+"""
+    done = subprocess.run([sys.executable, "-c", code, path, str(tmp_path / "out")], capture_output=True, text=True,
+                          env=dict(env(), MMSTREAM_TEST_DECODE_SLEEP="0", RAY_AUTH_MODE="disabled"), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False
+    keys, records, frames, _ = cache_contents(tmp_path / "out")
+    want_keys, want_records, want_frames, _ = cache_contents(reference)
+    assert got["kept"] == len(want_keys) and keys == want_keys and records == want_records and frames == want_frames

@@ -35,19 +35,17 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from torch.utils.data import IterableDataset
-
 from .. import storage
-from ..config import Config, OutputConfig, load_config
+from ..config import Config, load_config
 from ..dist import resolve_rank
 from ..errors import ConfigError, MmstreamError
 from ..types import Drop
 from . import manifest as mf
 from .atomic import TMP_MARK, is_tmp_name, remove_quietly
-from .formats import IMAGES_DIR, check_output, encoder_for
+from .formats import IMAGES_DIR, check_output
 from .remote import RemoteOutput, staging_dir
 from .shards import PARTS_DIR, FilesWriter, ShardWriter, parse_shard_name, record_image_paths, shard_name
-from .sink import DUPLICATE_KEY, SampleSink, encode_item  # noqa: F401  (DUPLICATE_KEY: importable from here too)
+from .sink import DUPLICATE_KEY, SampleSink  # noqa: F401  (DUPLICATE_KEY: importable from here too)
 
 if TYPE_CHECKING:
     from .ray_engine import RaySession
@@ -105,29 +103,16 @@ def _identity(x):
     return x
 
 
-class EncodeSamples(IterableDataset):
-    """Wraps the dataset so that JPEG encoding runs in the DataLoader workers too.
-
-    Yields :class:`~.formats.Encoded` (with ``source`` set) for samples and passes
-    :class:`Drop` through; a sample the encoder rejects becomes a Drop (or, with
-    ``strict``, raises).
-    """
-
-    def __init__(self, dataset: Any, output: OutputConfig, *, strict: bool = False):
-        super().__init__()
-        self.dataset = dataset
-        self.output = output
-        self.strict = strict
-
-    def __iter__(self):
-        encode = encoder_for(self.output)
-        for item in self.dataset:
-            yield encode_item(encode, item, strict=self.strict)
-
-
 def _default_factory(config: Config, **kwargs):
     from ..dataset import StreamingDataset  # imported late: only a cache run needs it
     return StreamingDataset(config, **kwargs)
+
+
+def _stream_factory(config: Config, **kwargs):
+    """The Ray engine's: its driver plans and ships the stream and never runs a DataLoader,
+    so it does not import torch (~1.7 s of CPU while Ray's processes start on the same cores)."""
+    from ..stream import Stream
+    return Stream(config, **kwargs)
 
 
 def run_cache(config: Union[str, os.PathLike, dict, Config], output_dir: str, *,
@@ -208,7 +193,8 @@ def _run_cache(config, output_dir: str, workers: Optional[int], rank: Optional[i
             remove_quietly(os.path.join(out, mf.MANIFEST))  # the folder is changing: no longer final
             manifest.engine = engine
             stats = _cache_loop(config, out, manifest, rank, world_size, workers, progress,
-                                dataset_factory or _default_factory, remote, engine, ray_session, ray_actors)
+                                dataset_factory or (_stream_factory if engine == "ray" else _default_factory),
+                                remote, engine, ray_session, ray_actors)
     elapsed = time.monotonic() - started
     counts = manifest.counts()
     summary = {
@@ -315,6 +301,8 @@ def _local_loop(config: Config, out: str, manifest: mf.RankManifest, rank: int, 
                 dataset: Any, covered: set[str], record: Callable, drop: Callable, kept: Callable) -> dict:
     """DataLoader workers decode and encode; this process writes every shard."""
     import torch.utils.data
+
+    from ..dataset import EncodeSamples
 
     writer_cls = FilesWriter if config.output.layout == "files" else ShardWriter
     writer = writer_cls(out, _name_for(config, rank, world_size), maxcount=config.output.maxcount,
