@@ -284,10 +284,18 @@ def test_cache_to_s3_survives_sigkill_and_verifies(media, s3, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg), out, "", TESTS],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     fs = s3fs.S3FileSystem(endpoint_url=s3["endpoint_url"], key=s3["key"], secret=s3["secret"])
+    def recorded() -> bool:
+        """A shard in the bucket and a rank manifest there that lists one (killed earlier, between
+        a shard's upload and its manifest's, the rerun is a fresh run, not a resume)."""
+        fs.invalidate_cache()
+        try:
+            listed = json.loads(fs.cat_file(f"{BUCKET}/cache/manifest.rank-0.json"))["shards"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return bool(listed) and any(p.endswith(".tar") for p in fs.ls(f"{BUCKET}/cache", refresh=True))
+
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(p.endswith(".tar") for p in fs.ls(f"{BUCKET}", refresh=True)
-                                                   + (fs.ls(f"{BUCKET}/cache", refresh=True)
-                                                      if fs.exists(f"{BUCKET}/cache") else [])):
+    while time.monotonic() < deadline and not recorded():
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
