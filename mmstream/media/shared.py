@@ -42,10 +42,6 @@ def dataloader_worker_info():
     return data.get_worker_info() if data is not None else None
 
 
-def _in_dataloader_worker() -> bool:
-    return dataloader_worker_info() is not None
-
-
 def _shm_has_room(nbytes: int) -> bool:
     try:
         st = os.statvfs(SHM_DIR)
@@ -89,7 +85,7 @@ def frames_buffer(shape: tuple[int, ...], dtype=np.uint8) -> np.ndarray:
     """An uninitialised array for a clip: shared memory in a DataLoader worker when it
     can be, ordinary memory otherwise."""
     shape = tuple(int(s) for s in shape)
-    if (np.dtype(dtype) == np.uint8 and os.environ.get(ENV, "1") != "0" and _in_dataloader_worker()
+    if (np.dtype(dtype) == np.uint8 and os.environ.get(ENV, "1") != "0" and dataloader_worker_info() is not None
             and _shm_has_room(prod(shape))):
         try:
             tensor = _shared_tensor(shape)

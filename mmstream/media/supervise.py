@@ -319,10 +319,10 @@ class Supervised:
 def _frames_from_fd(fd: int, shape: tuple[int, ...], n: int) -> np.ndarray:
     """The decoded frames in the memfd, as a writable array. In a DataLoader worker it is
     a shared torch storage (it crosses to the trainer as a file descriptor, no copy)."""
-    from .shared import ENV, _in_dataloader_worker, _register
+    from .shared import ENV, _register, dataloader_worker_info
 
     nbytes = int(np.prod(shape))
-    if os.environ.get(ENV, "1") != "0" and _in_dataloader_worker():
+    if os.environ.get(ENV, "1") != "0" and dataloader_worker_info() is not None:
         import torch
 
         storage = torch.UntypedStorage._new_shared_fd_cpu(fd, max(nbytes, 1))

@@ -511,9 +511,10 @@ class RaySession:
 
     Starting a local instance takes seconds (its processes; then each worker imports the
     stream's modules, and transformers where a tokenizer counts, before its first task),
-    which would otherwise add to every run's wall time; here it overlaps with the driver's own start-up, and a warm-up task
-    per CPU has the workers import what the writers need (Ray reuses those workers), or,
-    with ``actors``, the writer actors start at once and import it themselves.
+    which would otherwise add to every run's wall time; here it overlaps with the driver's
+    own start-up, and a warm-up task per CPU has the workers import what the writers need
+    (Ray reuses those workers), or, with ``actors``, the writer actors start at once and
+    import it themselves.
     Raises a ConfigError naming the install line at once when Ray is not installed."""
 
     def __init__(self, address: Optional[str] = None, workers: Optional[int] = None, actors: bool = False,
