@@ -45,8 +45,8 @@ processes' CPU share while the clip ran.
 ``--instructions`` counts instead of timing (valgrind's callgrind, ~50x slower: name the
 rows): the instructions of one warm run of each side, each the difference between a
 process that runs it after its warm-up and one that stops after the warm-up. On this
-shared machine the CPU seconds of identical runs move by +-10%, so a row at 1.16x may be
-at 1.05x tomorrow; the count does not move. It leaves out the kernel's work (page faults)
+shared machine the CPU seconds of identical runs move by 10% and more, so a row at 1.16x
+may be at 1.05x tomorrow; the count does not move. It leaves out the kernel's work (page faults)
 and the time memory accesses wait, which is where the rest of the time ratio goes.
 
     python benchmarks/decode_limit.py build/bench --instructions --clips real_bbb_720p_32s.mp4 --workloads qa --ks 1
@@ -366,6 +366,11 @@ def _busy() -> float:
     return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def row_ks(workload: str, ks: Sequence[int]) -> Sequence[int]:
+    """The records per video of a workload's rows: ``ks`` for qa, else one."""
+    return ks if WORKLOADS[workload][3] is None else (1,)
+
+
 def measure_clip(path: str, workloads: Sequence[str], ks: Sequence[int], threads: int, repeat: int) -> list[dict]:
     """Limit and mmstream, interleaved, for every workload of one clip."""
     packets, codec = packet_index(path)
@@ -374,7 +379,7 @@ def measure_clip(path: str, workloads: Sequence[str], ks: Sequence[int], threads
         for workload in workloads:
             targets, info = plan_targets(path, workload)
             needed = needed_packets(packets, targets)
-            for k in (ks if WORKLOADS[workload][3] is None else (1,)):
+            for k in row_ks(workload, ks):
                 mm = MmstreamRun(path, workload, k, threads, folder)
                 mm()  # warm-up: page cache, decoder and scaler set-up, imports
                 decode_exactly(path, needed, packets, threads)
@@ -439,7 +444,7 @@ def instruction_row(path: str, workload: str, k: int, threads: int) -> dict:
     the difference between a process that runs it after its warm-up and one that stops
     after the warm-up (the limit's second process still reads the packets, so its
     demuxing is not counted, as in the timed runs). Deterministic where the CPU seconds
-    move by +-10% between runs on a shared machine; what it leaves out is the kernel's
+    move by 10% and more between runs on a shared machine; what it leaves out is the kernel's
     work (page faults) and the time a memory access waits."""
     base = ["--_one", path, workload, str(k), str(threads)]
     count = {side: _instructions(base + [side, "1"]) - _instructions(base + [side, "0"])
@@ -486,7 +491,7 @@ def main(argv=None) -> int:
         rows = []
         for clip in clips:
             for workload in workloads:
-                for k in (ks if WORKLOADS[workload][3] is None else (1,)):
+                for k in row_ks(workload, ks):
                     row = instruction_row(os.path.join(args.data, "videos", clip), workload, k, args.threads)
                     rows.append(row)
                     print(f"{row['clip']:32s} {row['workload']:6s} instructions: limit {row['limit_instructions']:,}"

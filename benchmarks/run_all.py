@@ -628,8 +628,8 @@ def limit_table(res: dict) -> list[str]:
     instr = lim.get("instructions")
     if instr:
         L += ["", f"Instructions (`{instr['command']}`, {instr['date']}): the same comparison counted by valgrind "
-              "(user space, one warm run of each side), which does not move between runs where the CPU seconds "
-              "of identical runs move by +-10%. It leaves out the kernel's work (page faults) and the time memory "
+              "(user space, one warm run of each side), which does not move between runs as the CPU seconds of "
+              "identical runs do (the limit's spreads above). It leaves out the kernel's work (page faults) and the time memory "
               "accesses wait.", "",
               "| clip | workload | limit instructions | mmstream instructions | ratio |", "|---|---|---|---|---|"]
         for r in instr["rows"]:
@@ -767,8 +767,7 @@ def scale_targets(res: dict) -> list[dict]:
                      "processes, each importing Ray on the cores the run needs; ray.init cannot leave them out) and "
                      "~1.1 s to shut down, so the first part starts ~5.7 s into the run against ~2.3 s for a rank "
                      "(the driver and the workers no longer import torch: ~1.7 s each before); on a running cluster "
-                     "the start is a connection. A rank (or --ray-parts 1, or actors) decodes the long video whole. "
-                     + (ray["skew_measured"]["note"] if "skew_measured" in ray else "")})
+                     "the start is a connection. A rank (or --ray-parts 1, or actors) decodes the long video whole."})
         worst = busy.get("skew_ray")
         rows.append({"target": "Skewed set, dense sampling: max/mean worker busy time",
                      "goal": "<= 1.15", "value": worst, "met": worst is not None and worst <= 1.15,
