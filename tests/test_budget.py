@@ -15,10 +15,10 @@ from mmstream.config import FilterConfig, ModelConfig
 from mmstream.errors import ConfigError, SampleError
 from mmstream.models import get_model, media_shapes
 from mmstream.types import Clip, MediaPlan, MediaRef, Record, Sample, Turn
-from tiny_tok import STRING_TEMPLATE, STRING_TEMPLATE_TOKENS, make_tokenizer, pieces
+from tiny_tok import QWEN_VISION_TOKENS, STRING_TEMPLATE, STRING_TEMPLATE_TOKENS, make_tokenizer, pieces
 
 MINICPM_SPECIALS = ["<image>", "</image>", "<slice>", "</slice>", "<image_id>", "</image_id>"] + STRING_TEMPLATE_TOKENS
-QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"] + STRING_TEMPLATE_TOKENS
+QWEN_SPECIALS = QWEN_VISION_TOKENS + STRING_TEMPLATE_TOKENS
 
 QUESTION = "Summarize the paper in two sentences."
 ANSWER = "It proposes X. It shows Y."

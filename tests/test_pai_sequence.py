@@ -24,7 +24,8 @@ from mmstream.pack import Pack
 from mmstream.sinks import run_cache
 from mmstream.synth import encode_counter_video, make_frame_folder
 from mmstream.types import MediaRef, Record, Turn
-from tiny_tok import STRING_TEMPLATE, STRING_TEMPLATE_TOKENS, make_qwen_tokenizer, make_tokenizer, qwen_pieces
+from tiny_tok import (QWEN_VISION_TOKENS, STRING_TEMPLATE, STRING_TEMPLATE_TOKENS, make_qwen_tokenizer, make_tokenizer,
+                      qwen_pieces)
 from training_adapters.megatron import ChatMLPackingTaskEncoder, PaiChatMLTaskEncoder
 
 PAI_LIMITS = {"video_min_pixels": 3136, "video_max_pixels": 1003520}  # configs/qwen2vl_megatron.yaml
@@ -136,8 +137,7 @@ def test_pai_drops_a_second_system_turn(tok_dir):
 def test_sequence_is_checked_at_start_up(tmp_path, tok_dir):
     with pytest.raises(ConfigError, match="sequence"):
         qwen(tok_dir, "megatron")
-    specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"] + STRING_TEMPLATE_TOKENS
-    plain = make_tokenizer(tmp_path / "plain", specials, chat_template=STRING_TEMPLATE)
+    plain = make_tokenizer(tmp_path / "plain", QWEN_VISION_TOKENS + STRING_TEMPLATE_TOKENS, chat_template=STRING_TEMPLATE)
     with pytest.raises(ConfigError, match="content parts"):
         qwen(plain, "pai")
     assert qwen(plain, "transformers").options["sequence"] == "transformers"

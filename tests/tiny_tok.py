@@ -10,6 +10,8 @@ import re
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from training_adapters.qwen2vl.tiny import QWEN_SPECIAL_TOKENS
+
 WORD_RE = re.compile(r"\w+|[^\w\s]+")
 
 
@@ -54,8 +56,8 @@ LIST_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] | capitaliz
 
 # -- a Qwen2-VL-style tokenizer: whitespace is tokens, so a stripped newline shows ------------
 
-QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                       "<|image_pad|>", "<|video_pad|>"]
+#: Qwen2-VL's vision tokens: a medium is <|vision_start|> pads <|vision_end|>.
+QWEN_VISION_TOKENS = [t for t in QWEN_SPECIAL_TOKENS if "vision" in t or "pad" in t]
 #: Each run of letters/digits, each other character (a newline, a space, a "?") is one token.
 QWEN_PIECE_RE = re.compile(r"\w+|[^\w\s]|\s")
 
