@@ -7,8 +7,9 @@ Planning first lets the budget stage drop a sample before paying for its decode.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from fractions import Fraction
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -55,20 +56,28 @@ def _plan_media(ref: MediaRef, sampling: SamplingConfig) -> MediaPlan:
         raise exc.with_context(path=found.path)
 
 
-def _image_size(path: str, limit: Optional[int], what: str = "image", upright: bool = True) -> tuple[int, int]:
-    """An image's size (``upright``: as its EXIF orientation turns it) from its header
-    (PIL reads no pixels at open), checked against the source pixel limit before
-    anything decodes it."""
+@contextmanager
+def _open_image(path: str, limit: Optional[int], what: str = "image") -> Iterator[Image.Image]:
+    """PIL's image at ``path``, its size checked against the source pixel limit from the
+    header (PIL reads no pixels at open); what PIL raises, at open or while the body
+    decodes, becomes a :class:`SampleError` (``too_large`` over PIL's own bound,
+    ``decode_error`` otherwise)."""
     try:
         with storage.open_media(path) as src, Image.open(src) as im:
-            width, height = im.size
-            check_pixels(width, height, limit, path, what)
-            if upright and im.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS:
-                width, height = height, width
+            check_pixels(im.width, im.height, limit, path, what)
+            yield im
     except Image.DecompressionBombError as exc:  # over PIL's own bound, refused at open
         raise SampleError(TOO_LARGE, f"{what}: {exc}", path=path) from None
     except (OSError, ValueError) as exc:
         raise SampleError(DECODE_ERROR, f"cannot read {what}: {exc}", path=path) from None
+
+
+def _image_size(path: str, limit: Optional[int], what: str = "image", upright: bool = True) -> tuple[int, int]:
+    """An image's size (``upright``: as its EXIF orientation turns it), from its header."""
+    with _open_image(path, limit, what) as im:
+        width, height = im.size
+        if upright and im.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS:
+            width, height = height, width
     return width, height
 
 
@@ -181,13 +190,8 @@ def fit_plan(plan: MediaPlan, count: int) -> MediaPlan:
 
 def _load_image(path: str, size: tuple[int, int], limit: Optional[int]) -> np.ndarray:
     try:
-        with storage.open_media(path) as src, Image.open(src) as im:
-            check_pixels(im.width, im.height, limit, path, "image")  # from the header, before the pixels
+        with _open_image(path, limit) as im:
             rgb = to_rgb8(ImageOps.exif_transpose(im))
-    except Image.DecompressionBombError as exc:
-        raise SampleError(TOO_LARGE, f"image: {exc}", path=path) from None
-    except (OSError, ValueError) as exc:
-        raise SampleError(DECODE_ERROR, f"cannot read image: {exc}", path=path) from None
     except SampleError as exc:
         raise exc.with_context(path=path)
     if (rgb.shape[1], rgb.shape[0]) != size:
