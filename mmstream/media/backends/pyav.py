@@ -38,6 +38,7 @@ from av.video.reformatter import VideoReformatter
 
 from ... import timing
 from ...errors import DECODE_ERROR, SampleError
+from ..bounds import FFmpegBound
 from ..probe import VideoInfo, apply_rotation, open_container
 from .base import Backend
 
@@ -139,7 +140,7 @@ class PyAVBackend(Backend):
         from ... import storage
 
         out: set[int] = set()
-        bound = {"max_pixels": str(picture_bound(info))}
+        bound = FFmpegBound(picture_bound(info)).options  # no log capture: the probe named the size
         try:
             with storage.open_media(path) as source, open_container(source, bound, info.from_index) as container:
                 stream = container.streams.video[0]
