@@ -268,16 +268,22 @@ class _ClipStream(IterableDataset):
         yield sample(self.path, "pyav", 1.0)[1]
 
 
+@pytest.mark.parametrize("source", ["video", "frame_folder"])
 @pytest.mark.parametrize("shared", ["1", "0"])
-def test_clips_cross_from_a_dataloader_worker_intact(clips, monkeypatch, shared):
+def test_clips_cross_from_a_dataloader_worker_intact(clips, monkeypatch, tmp_path, shared, source):
     """In a worker the clip is built in shared memory and arrives as a plain writable array
-    mapping it (no copy through the pipe); with MMSTREAM_SHARED_FRAMES=0 it is pickled."""
+    mapping it (no copy through the pipe); with MMSTREAM_SHARED_FRAMES=0 it is pickled.
+    Frame folders too: their images are read into the clip's rows."""
     from torch.utils.data import DataLoader
 
     from mmstream.media import shared as shm
 
     monkeypatch.setenv(shm.ENV, shared)
     path = clips["h264_bframes_25fps"]
+    if source == "frame_folder":
+        make_frame_folder(tmp_path / "vid", num_frames=80, fps="25", size=(96, 64))
+        path = tmp_path / "vid.mp4"  # the folder stands in for the video
+        assert sample(path, "pyav", 1.0)[0].kind == "frames"
     expected = sample(path, "pyav", 1.0)[1].frames
     assert type(expected.base).__module__ != "torch"  # not in a worker: ordinary memory
     (got,) = list(DataLoader(_ClipStream(path), batch_size=None, num_workers=1, collate_fn=lambda x: x))

@@ -239,8 +239,10 @@ def _decode_media(plan: MediaPlan, sampling: SamplingConfig, out: Optional[np.nd
         frames = _load_image(plan.path, size, sampling.max_source_pixels)[None]
     elif plan.kind in ("frames", "pages"):
         files = plan.info["files"]
-        loaded = {i: _load_image(files[i], size, sampling.max_source_pixels) for i in set(plan.indices)}
-        frames = np.stack([loaded[i] for i in plan.indices])
+        frames, rows, first = _clip_rows(plan.indices, (size[1], size[0], 3), out)
+        for i, row in rows.items():
+            row[...] = _load_image(files[i], size, sampling.max_source_pixels)
+        _fill_repeats(frames, plan.indices, first)
     else:
         info = plan.info["probe"]
         positions = sorted(set(plan.indices))
