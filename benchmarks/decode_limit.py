@@ -42,9 +42,9 @@ process, decoder threads included); with neighbours on the machine the CPU ratio
 steadier one. Figures are medians of ``--repeat`` runs with their spread, and the other
 processes' CPU share while the clip ran.
 
-``--instructions`` counts instead of timing (valgrind's callgrind, ~50x slower: name the
-rows): the instructions of one warm run of each side, each the difference between a
-process that runs it after its warm-up and one that stops after the warm-up. On this
+``--instructions`` counts instead of timing (valgrind's callgrind, ~60x slower: name the
+rows): the instructions of one warm run of each side, each in a process of its own that
+switches counting on (``callgrind_control``) after its warm-up and off after the run. On this
 shared machine the CPU seconds of identical runs move by 10% and more, so a row at 1.16x
 may be at 1.05x tomorrow; the count does not move. It leaves out the kernel's work (page faults)
 and the time memory accesses wait, which is where the rest of the time ratio goes.
@@ -62,7 +62,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -250,11 +250,11 @@ def _threads(cc, threads: int) -> None:
 
 
 def decode_exactly(path: str, needed: Sequence[int], packets: Sequence[Packet], threads: int = 1,
-                   keep_frames: Optional[set] = None, decode: bool = True) -> dict:
+                   keep_frames: Optional[set] = None, meter: Callable[[bool], None] = lambda on: None) -> dict:
     """Decode only the ``needed`` packets (decode order) of ``path``; returns wall and CPU
     seconds of the decoding alone, the frames decoded, and (``keep_frames``: pts) those
-    frames as RGB arrays (converted after the clock stops). ``decode=False``: read the
-    packets and stop (the untimed part alone)."""
+    frames as RGB arrays (converted after the clock stops). ``meter(True)`` / ``meter(False)``
+    are called where the clock starts and stops (:func:`_collect`)."""
     want = set(needed)
     with av.open(path, metadata_errors="ignore") as c:
         s = c.streams.video[0]
@@ -266,12 +266,11 @@ def decode_exactly(path: str, needed: Sequence[int], packets: Sequence[Packet], 
             if i in want:
                 held.append((i, pk))
             i += 1
-        if not decode:
-            return {"packets": len(held)}
         cc = s.codec_context
         _threads(cc, threads)
         keep = keep_frames or set()
         kept, count = [], 0
+        meter(True)
         t0, c0 = time.perf_counter(), cpu_now()
         starts = dict(zip(needed, jumps(sorted(needed), packets)))
         first = True
@@ -292,6 +291,7 @@ def decode_exactly(path: str, needed: Sequence[int], packets: Sequence[Packet], 
             if f.pts in keep:
                 kept.append(f)
         wall, cpu = time.perf_counter() - t0, cpu_now() - c0
+        meter(False)
         out = {"wall_s": wall, "cpu_s": cpu, "packets": len(held), "frames_out": count}
         if keep_frames is not None:
             out["frames"] = {f.pts: f.to_ndarray(format="rgb24") for f in kept}
@@ -411,9 +411,18 @@ def measure_clip(path: str, workloads: Sequence[str], ks: Sequence[int], threads
 
 
 # -- instructions (valgrind): the same comparison without the machine's noise ---------------
-def _one(path: str, workload: str, k: int, threads: int, side: str, measured: bool) -> None:
-    """Set up one row (plan, packet index, dataset), run ``side`` once (its warm-up, as in
-    the timed runs), then, where ``measured``, once more; for ``instruction_row``."""
+def _collect(on: bool) -> None:
+    """Switch valgrind's instruction counting on or off in this process (``callgrind_control``
+    talks to the callgrind that runs it; it returns once callgrind has done it)."""
+    import subprocess
+
+    subprocess.run(["callgrind_control", "--instr=" + ("on" if on else "off"), str(os.getpid())], check=True,
+                   capture_output=True)
+
+
+def _one(path: str, workload: str, k: int, threads: int, side: str) -> None:
+    """Set up one row (plan, packet index, dataset), run ``side`` once uncounted (its warm-up,
+    as in the timed runs), then once more with counting on: for ``instruction_row``."""
     targets, _ = plan_targets(path, workload)
     packets, _ = packet_index(path)
     needed = needed_packets(packets, targets)
@@ -421,20 +430,22 @@ def _one(path: str, workload: str, k: int, threads: int, side: str, measured: bo
         if side == "mmstream":
             run = MmstreamRun(path, workload, k, threads, folder)
             run()
-            if measured:
-                run()
+            _collect(True)
+            run()
+            _collect(False)
         else:
             decode_exactly(path, needed, packets, threads)
-            decode_exactly(path, needed, packets, threads, decode=measured)  # else: the demuxing alone
+            decode_exactly(path, needed, packets, threads, meter=_collect)  # its decoding alone, as timed
 
 
 def _instructions(args: list[str]) -> int:
-    """Instructions executed (user space, valgrind's callgrind) by this script with ``args``."""
+    """Instructions executed (user space, valgrind's callgrind) while this script, run with
+    ``args``, has counting switched on."""
     import re
     import subprocess
 
-    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                           os.path.abspath(__file__), *args], capture_output=True, text=True)
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
+                           sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if done.returncode or not found:
         raise RuntimeError(f"valgrind failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -442,15 +453,14 @@ def _instructions(args: list[str]) -> int:
 
 
 def instruction_row(path: str, workload: str, k: int, threads: int) -> dict:
-    """Instructions of one warm mmstream run and of one decode of the limit's packets: each
-    the difference between a process that runs it after its warm-up and one that stops
-    after the warm-up (the limit's second process still reads the packets, so its
-    demuxing is not counted, as in the timed runs). Deterministic where the CPU seconds
-    move by 10% and more between runs on a shared machine; what it leaves out is the kernel's
-    work (page faults) and the time a memory access waits."""
+    """Instructions of one warm mmstream run and of one decode of the limit's packets (as
+    timed: the limit's demuxing is not counted), each side in a process of its own under
+    valgrind with counting switched on for that run alone (:func:`_collect`; the switch's
+    own few instructions are in both counts). Deterministic where the CPU seconds move by
+    10% and more between runs on a shared machine; what it leaves out is the kernel's work
+    (page faults) and the time a memory access waits."""
     base = ["--_one", path, workload, str(k), str(threads)]
-    count = {side: _instructions(base + [side, "1"]) - _instructions(base + [side, "0"])
-             for side in ("limit", "mmstream")}
+    count = {side: _instructions(base + [side]) for side in ("limit", "mmstream")}
     return {"clip": os.path.basename(path), "workload": workload if workload != "qa" else f"qa_k{k}",
             "limit_instructions": count["limit"], "mmstream_instructions": count["mmstream"],
             "ratio_instructions": round(count["mmstream"] / max(count["limit"], 1), 4)}
@@ -472,12 +482,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="interleaved runs per measurement; medians (default 3)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--instructions", action="store_true",
-                   help="count instructions under valgrind instead of timing (slow: ~50x a run; name the rows "
-                        "with --clips, --workloads and --ks)")
+                   help="count instructions under valgrind instead of timing (slow: ~60x a run, ~15 s a small row, "
+                        "minutes a 720p one; name the rows with --clips, --workloads and --ks)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--_one"]:  # one side of instruction_row, in its own process
-        path, workload, k, threads, side, measured = argv[1:7]
-        _one(path, workload, int(k), int(threads), side, measured == "1")
+        path, workload, k, threads, side = argv[1:6]
+        _one(path, workload, int(k), int(threads), side)
         return 0
     args = p.parse_args(argv)
     import logging
