@@ -158,7 +158,7 @@ class TimedCollate:
         out.update(adapter_s=time.perf_counter() - t0, adapter_cpu_s=time.process_time() - c0,
                    samples=len(batch.get("input_ids", [])), batch=batch)
         # Qwen's collator lists drops as dicts, Idefics3's as Drop records
-        out["drops"] += [d["reason"] if isinstance(d, dict) else d.reason for d in batch.get("dropped", [])]
+        out["drops"] += [d.reason for d in batch.get("dropped", [])]
         return out
 
 

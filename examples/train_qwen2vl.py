@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     while not done:
         ds.set_epoch(epoch)
         for batch in loader:
-            drops.update(d["reason"] for d in batch["dropped"])
+            drops.update(d.reason for d in batch["dropped"])
             if not batch["keys"]:
                 continue  # every sample of this batch was dropped (counted above)
             loss = model(**model_inputs(batch)).loss
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
             if args.log:
                 with open(args.log, "a", encoding="utf-8") as f:
                     f.write(json.dumps({"step": step, "epoch": epoch, "loss": loss.item(), "keys": batch["keys"],
-                                        "dropped": [d["reason"] for d in batch["dropped"]]}) + "\n")
+                                        "dropped": [d.reason for d in batch["dropped"]]}) + "\n")
             if step == args.save_at or step >= args.steps:
                 path = args.checkpoint if step >= args.steps else f"{args.checkpoint}.step{step}"
                 save(path, model=model.state_dict(), optimizer=opt.state_dict(), loader=loader.state_dict(),

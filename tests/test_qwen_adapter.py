@@ -266,8 +266,8 @@ def test_a_sample_the_processor_disagrees_with_is_a_counted_drop(data, setup, tm
     collate = Qwen2VLCollator(make_processor("qwen2-vl", tok), ds.model, model.config)
     batch = collate(list(ds))
     assert batch["keys"] == ["s-00000000"]
-    assert [d["key"] for d in batch["dropped"]] == ["s-00000001"]
-    assert batch["dropped"][0]["reason"] == COUNT_MISMATCH
+    assert [d.key for d in batch["dropped"]] == ["s-00000001"]
+    assert batch["dropped"][0].reason == COUNT_MISMATCH and collate.stats == {"kept": 1, COUNT_MISMATCH: 1}
     forward_backward(model, batch)
     alone = collate([s for s in ds if s.key == "s-00000001"])  # a batch of only dropped samples: empty
     assert alone["keys"] == [] and alone["input_ids"].numel() == 0 and len(alone["dropped"]) == 1

@@ -31,13 +31,16 @@ Both carry ``pixel_values`` / ``image_grid_thw``, ``pixel_values_videos`` /
 vision tower's dtype, so ``pixel_dtype=torch.bfloat16`` for a bf16 tower gives it the same
 values and halves what crosses from the workers), ``mm_token_type_ids``, ``second_per_grid_ts`` (Qwen2.5-VL, the
 processor's 2 / fps), and bookkeeping: ``keys`` (samples kept, in order) and ``dropped``
-(``{"key", "reason", "message"}`` for each sample the processor rejected or whose tokens
-disagreed with mmstream's count; logged too; ``strict=True`` raises instead; with
-``StreamingDataset(config, emit_drops=True)`` the stream's own drops are listed there too).
+(a :class:`mmstream.types.Drop` for each sample the processor rejected or whose tokens
+disagreed with mmstream's count, as the Idefics3 collator reports them; logged too;
+``strict=True`` raises instead; with ``StreamingDataset(config, emit_drops=True)`` the
+stream's own drops are listed there too). ``collate.stats`` counts, per process, the
+samples kept and each drop reason.
 """
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any, Optional, Sequence
 
 import torch
@@ -112,6 +115,7 @@ class Qwen2VLCollator:
             raise ValueError("the tokenizer has no pad token (Qwen's is <|endoftext|>)")
         self.strict = strict
         self.pixel_dtype = pixel_dtype
+        self.stats: Counter = Counter()  # per process: samples kept, and each drop reason
 
     def __call__(self, item: Any) -> dict[str, Any]:
         packed = isinstance(item, Pack)
@@ -119,10 +123,11 @@ class Qwen2VLCollator:
             samples = list(item.samples)
         else:
             samples = [item] if isinstance(item, (Sample, Drop)) else list(item)
-        encoded, dropped = [], []
+        encoded: list[dict[str, Any]] = []
+        dropped: list[Drop] = []
         for sample in samples:
             if isinstance(sample, Drop):  # the stream's own drops (StreamingDataset(emit_drops=True))
-                dropped.append({"key": sample.key, "reason": sample.reason, "message": sample.message})
+                dropped.append(sample)
                 continue
             try:
                 encoded.append(self.encoder(sample))
@@ -130,9 +135,12 @@ class Qwen2VLCollator:
                 if self.strict:
                     raise
                 log.warning("dropped %s: %s", sample.key, exc)
-                dropped.append({"key": sample.key, "reason": exc.reason, "message": exc.message})
+                dropped.append(Drop(key=sample.key, source=sample.source, reason=exc.reason, path=exc.path,
+                                    message=exc.message))
         batch = self.packed(encoded) if packed else self.padded(encoded)
         batch["dropped"] = dropped
+        self.stats.update(d.reason for d in dropped)
+        self.stats["kept"] += len(encoded)
         return batch
 
     # -- assembling ------------------------------------------------------------------------
