@@ -645,7 +645,8 @@ def limit_table(res: dict) -> list[str]:
     instr = lim.get("instructions")
     if instr:
         L += ["", f"Instructions (`{instr['command']}`, {instr['date']}): the same comparison counted by valgrind "
-              "(user space, one warm run of each side), which does not move between runs as the CPU seconds of "
+              "(user space; each side in a process of its own, counting switched on for one warm run), which does not "
+              "move between runs as the CPU seconds of "
               "identical runs do (the limit's spreads above). It leaves out the kernel's work (page faults) and the time memory "
               "accesses wait.", "",
               "| clip | workload | limit instructions | mmstream instructions | ratio |", "|---|---|---|---|---|"]
