@@ -34,8 +34,8 @@ It then times decoding exactly those packets (read into memory first, so no demu
 timed) with the same decoder (PyAV's libavcodec), the same thread count and no
 conversion of the output; a jump between groups drains and flushes the decoder, as a
 seek would. That is the limit. mmstream is timed beside it on the same clip, in the same
-process, interleaved (limit, mmstream, limit, ...): a :class:`StreamingDataset` over k
-records of the clip, iterated in this process (``decode_timeout: none``: no helper
+process, interleaved (limit, mmstream, limit, ...): a StreamingDataset's iteration
+(``Stream``) over k records of the clip, in this process (``decode_timeout: none``: no helper
 process), from the first record read to the last sample, so probe, decode, RGB
 conversion and mixing all count. Both report wall and CPU seconds (user + system of this
 process, decoder threads included); with neighbours on the machine the CPU ratio is the
