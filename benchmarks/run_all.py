@@ -645,10 +645,9 @@ def limit_table(res: dict) -> list[str]:
     instr = lim.get("instructions")
     if instr:
         L += ["", f"Instructions (`{instr['command']}`, {instr['date']}): the same comparison counted by valgrind "
-              "(user space; each side in a process of its own, counting switched on for one warm run), which does not "
-              "move between runs as the CPU seconds of "
-              "identical runs do (the limit's spreads above). It leaves out the kernel's work (page faults) and the time memory "
-              "accesses wait.", "",
+              "(user space; each side in a process of its own, counting switched on for one warm run), which does "
+              "not move between runs as the CPU seconds of identical runs do (the limit's spreads above). It leaves "
+              "out the kernel's work (page faults) and the time memory accesses wait.", "",
               "| clip | workload | limit instructions | mmstream instructions | ratio |", "|---|---|---|---|---|"]
         for r in instr["rows"]:
             L.append(f"| {r['clip']} | {r['workload']} | {r['limit_instructions'] / 1e9:.3f} G | "
@@ -724,10 +723,9 @@ def scale_targets(res: dict) -> list[dict]:
                                  f"built {'/'.join(str(b) for b in idx['ranks_cold_builds'])} time(s)",
                      "command": idx["command"],
                      "note": "a warm start is CPU work (mostly the mapped index's sha256 and the group costs: "
-                             + (f"{idx['warm_cpu_s']:.3f} CPU s of {idx['warm_s']:.3f} s); with {idx['ranks']} ranks "
-                                f"on {idx['cores']} cores the least it can take is {idx['ranks_warm_floor_ratio']}x "
-                                f"one rank, whatever the code" if "warm_cpu_s" in idx else
-                                "CPU work that 4 processes split on 2 cores)") + "."})
+                             f"{idx['warm_cpu_s']:.3f} CPU s of {idx['warm_s']:.3f} s); with {idx['ranks']} ranks on "
+                             f"{idx['cores']} cores the least it can take is {idx['ranks_warm_floor_ratio']}x one "
+                             "rank, whatever the code."})
         worst = max(idx["worker_index_pss_mb"])
         rows.append({"target": f"Per-worker index memory at {idx['records'] / 1e6:.1f}M records",
                      "goal": "< 20 MB", "value": worst, "met": worst < 20,
